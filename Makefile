@@ -1,0 +1,51 @@
+# msg_edu: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --no-input -q
+# CPU machines get the CPU wheel; GPU users override, e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+
+.PHONY: install test demo lab bench readme clean
+
+install: $(VENV)/.installed
+
+# torch goes in first, pinned, so that nothing later pulls an unpinned (CUDA) build.
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(TORCH_SPEC) 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PIP) install -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+# Fails when the notebooks are not clean or the library is out of sync with them, then runs
+# every notebook (tiny presets; `slow`/`gpu` cells skipped) and the pytest suite.
+test: install
+	@snapshot() { find nbs msg_edu -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha1sum; }; \
+	before=$$(snapshot); \
+	$(VENV)/bin/nbdev_clean && $(VENV)/bin/nbdev_export || exit 1; \
+	after=$$(snapshot); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "ERROR: nbdev_clean/nbdev_export changed these files; notebooks must be clean and msg_edu/ in sync. Review and commit them:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^[<>]' | awk '{print "  " $$3}' | sort -u; \
+	  exit 1; \
+	fi
+	$(VENV)/bin/nbdev_test --timing
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/msg-edu demo --out $(DEMO_OUT)
+
+lab: install
+	$(VENV)/bin/jupyter lab nbs/
+
+bench: install
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# README.md is generated from nbs/index.ipynb (Quarto, nbdev's usual route, is not available here).
+readme: install
+	$(VENV)/bin/jupyter nbconvert --to markdown --stdout --log-level=ERROR nbs/index.ipynb > README.md
+
+clean:
+	rm -rf runs/ _proc/ _docs/ .pytest_cache/ build/ dist/ *.egg-info
