@@ -81,3 +81,10 @@ def test_preset_follows_test_mode(monkeypatch):
     assert not in_test() and default_preset() == "toy"
     monkeypatch.setenv("MSG_EDU_PRESET", "huge")
     with pytest.raises(ValueError, match="not a preset"): default_preset()
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    with atomic_write(tmp_path / "a.txt", "w") as f: f.write("x")
+    umask = os.umask(0); os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
