@@ -193,7 +193,7 @@ def show_mel(mel, *, titles: list[str] | None = None, hop_length: int = 160, sr:
         a.set_ylabel("mel bin")
         if title: a.set_title(title, fontsize=10)
     axes[-1].set_xlabel("time (s)")
-    fig.colorbar(im, ax=list(axes), label="log-mel", fraction=0.03, pad=0.02)
+    if ax is None: fig.colorbar(im, ax=list(axes), label="log-mel", fraction=0.03, pad=0.02)
     if path is not None:
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)

@@ -17,8 +17,10 @@ import torch
 
 from . import __version__
 from .audio import example_music, load_audio, resample, save_audio, show_mel, snr_db
-from .core import atomic_write, get_device, seed_everything
+from .core import PRESETS, atomic_write, get_device, seed_everything
+from .data import MSDM_STEMS, SlakhIndex, StemsDataset
 from .mel import MelConfig, MelFrontend, magnitude, mel_to_wave, spectral_convergence, stft
+from .toyslakh import ToySlakhConfig, make_toy_slakh
 
 # %% auto #0
 __all__ = ['run_demo', 'build_parser', 'main']
@@ -29,13 +31,28 @@ def _sines(sr: int, seconds: float, freqs=(220.0, 1234.5, 3000.0, 6900.0, 11000.
     t = torch.arange(int(seconds * sr), dtype=torch.float64) / sr
     return sum(0.2 * torch.sin(2 * math.pi * f * t + i) for i, f in enumerate(freqs) if f < sr / 2).float()
 
-def run_demo(out: str | Path = "runs/demo", seconds: float = 8.0, seed: int = 0, n_iter: int = 32) -> dict:
-    "Run the front-end demo, writing WAVs, PNGs, metrics.json and report.md under `out`; returns the metrics."
+def run_demo(out: str | Path = "runs/demo", seconds: float = 8.0, seed: int = 0, n_iter: int = 32, preset: str = "toy",
+             data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> dict:
+    "Run the demo, writing WAVs, PNGs, metrics.json and report.md under `out`; returns the metrics."
+    if preset not in PRESETS: raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir or out.parent / f"toyslakh_{preset}")   # kept between runs: written once
+    cache_dir = Path(cache_dir or out.parent / "cache")
     seed_everything(seed)
-    cfg, metrics, t0 = MelConfig(), {}, time.perf_counter()
+    t0 = time.perf_counter()
     def step(msg): print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+    metrics = _demo_front_end(out, seconds, seed, n_iter, step)
+    metrics.update(_demo_data(out, preset, data_dir, cache_dir, step))
+    metrics.update(seconds=seconds, seed=seed, n_iter=n_iter, preset=preset, total_s=round(time.perf_counter() - t0, 1),
+                   torch=torch.__version__, msg_edu=__version__, threads=torch.get_num_threads())
+    with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
+    with atomic_write(out/"report.md", "w") as f: f.write(_report(metrics))
+    step(f"done: {out}/report.md")
+    return metrics
 
+def _demo_front_end(out: Path, seconds: float, seed: int, n_iter: int, step) -> dict:
+    "Chapters 01-02: file I/O, resampling, log-mel and Griffin-Lim on a generated clip."
+    cfg, metrics = MelConfig(), {}
     step(f"synthesising {seconds} s of music at 44.1 kHz")
     save_audio(out/"example_44k.wav", example_music(seconds, sr=44100, seed=seed), 44100)
     wave, sr = load_audio(out/"example_44k.wav", sr=cfg.sr)  # decode + resample 44.1 -> 16 kHz
@@ -55,8 +72,7 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 8.0, seed: int = 0,
     metrics["log_mel_shape"] = list(log_mel.shape)
 
     step(f"inverting it with Griffin-Lim ({n_iter} iterations)")
-    gen = torch.Generator().manual_seed(seed)
-    recon = mel_to_wave(log_mel, cfg, n_iter=n_iter, length=wave.shape[-1], generator=gen)
+    recon = mel_to_wave(log_mel, cfg, n_iter=n_iter, length=wave.shape[-1], generator=torch.Generator().manual_seed(seed))
     random_phase = mel_to_wave(log_mel, cfg, n_iter=0, length=wave.shape[-1], generator=torch.Generator().manual_seed(seed))
     save_audio(out/"reconstruction_griffinlim.wav", recon, sr)
     save_audio(out/"reconstruction_random_phase.wav", random_phase, sr)
@@ -66,19 +82,41 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 8.0, seed: int = 0,
     target = magnitude(stft(wave[0], cfg.n_fft, cfg.hop_length))
     for name, y in (("griffinlim", recon), ("random_phase", random_phase)):
         metrics[f"{name}_spectral_convergence"] = round(float(spectral_convergence(target, stft(y, cfg.n_fft, cfg.hop_length))), 3)
-
-    step("drawing spectrograms")
     show_mel(torch.stack([log_mel, mel_recon, mel_random]), path=out/"mels.png",
              titles=["original (16 kHz)", f"Griffin-Lim, {n_iter} iterations", "random phase (0 iterations)"])
-    metrics.update(seconds=seconds, seed=seed, n_iter=n_iter, total_s=round(time.perf_counter() - t0, 1),
-                   torch=torch.__version__, msg_edu=__version__, threads=torch.get_num_threads())
-    with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    with atomic_write(out/"report.md", "w") as f: f.write(_report(metrics))
-    step(f"done: {out}/report.md")
+    return metrics
+
+def _demo_data(out: Path, preset: str, data_dir: Path, cache_dir: Path, step) -> dict:
+    "Chapter 03: write ToySlakh, index it as MSG-LD does, and cut one training segment into stems + mix."
+    toy = ToySlakhConfig.preset(preset)
+    step(f"writing ToySlakh ({toy.n_tracks} tracks x {toy.seconds} s at {toy.sr} Hz) to {data_dir} (reused if there)")
+    tw = time.perf_counter()
+    make_toy_slakh(data_dir, **toy.to_dict(), overwrite=True)
+    metrics = {"toyslakh_write_s": round(time.perf_counter() - tw, 1), "toyslakh_tracks": toy.n_tracks}
+    step("indexing the train split for MSG-LD (bass, drums, guitar, piano; tracks missing one are dropped)")
+    index = SlakhIndex(data_dir, "train", stems=MSDM_STEMS, missing="drop", cache_dir=cache_dir)
+    metrics["train_index"] = dict(index.counts)
+    metrics["train_classes"] = SlakhIndex(data_dir, "train", stems="all", cache_dir=cache_dir).class_table()
+    segment = min(10.24, toy.seconds)
+    ds = StemsDataset(index, segment_seconds=segment)
+    metrics["train_segments"] = len(ds)
+    item = ds[0]
+    names = [c.lower() for c in ds.classes]
+    for name, y in zip(names, item["stems"]): save_audio(out/f"stem_{name}.wav", y, index.cache.sr)
+    save_audio(out/"stem_mix.wav", item["mix"], index.cache.sr)
+    mel = MelFrontend()(torch.cat([item["stems"], item["mix"]]))
+    show_mel(mel, titles=[f"{c} ({item['track']})" for c in ds.classes] + ["mix = clip(sum of stems)"], path=out/"stems.png")
+    metrics["segment"] = {"track": item["track"], "seconds": segment,
+                          "stem_rms_db": {n: round(float(20 * torch.log10(y.pow(2).mean().sqrt() + 1e-9)), 1)
+                                          for n, y in zip(names, item["stems"])}}
     return metrics
 
 def _report(m: dict) -> str:
-    return f"""# msg_edu demo: the audio front end
+    classes = "\n".join(f"| {c} | {v['tracks']} | {v['seconds']} s |" for c, v in m["train_classes"].items())
+    counts = ", ".join(f"{k}: {v}" for k, v in m["train_index"].items())
+    return f"""# msg_edu demo
+
+## 1. The audio front end (chapters 01-02)
 
 {m['seconds']} s of generated music (chords, bass, drums), written at 44.1 kHz, read back and resampled
 to 16 kHz, turned into MusicLDM's log-mel {tuple(m['log_mel_shape'])} (frames × mels) in {m['log_mel_ms']} ms, and
@@ -93,7 +131,21 @@ inverted with Griffin-Lim. Listen: `example_16k.wav`, `reconstruction_griffinlim
 | log-mel L1 of the reconstruction (lower is better) | {m['griffinlim_log_mel_l1']} | {m['random_phase_log_mel_l1']} (random phase) |
 | spectral convergence of the reconstruction (lower is better) | {m['griffinlim_spectral_convergence']} | {m['random_phase_spectral_convergence']} (random phase) |
 
-torch {m['torch']}, msg_edu {m['msg_edu']}, {m['threads']} threads, {m['total_s']} s in all.
+## 2. Data: ToySlakh read as Slakh2100 (chapter 03)
+
+{m['toyslakh_tracks']} ToySlakh tracks in Slakh2100's layout (written in {m['toyslakh_write_s']} s; 0 s when reused).
+MSG-LD's train index: {counts}; {m['train_segments']} segments of {m['segment']['seconds']} s.
+Classes in the train split:
+
+| class | tracks | audio |
+|---|---|---|
+{classes}
+
+One training segment ({m['segment']['track']}), its four stems and their mixture (`stem_*.wav`):
+
+![stems](stems.png)
+
+torch {m['torch']}, msg_edu {m['msg_edu']}, {m['threads']} threads, preset `{m['preset']}`, {m['total_s']} s in all.
 """
 
 # %% ../nbs/12_cli.ipynb #03cea489
@@ -103,7 +155,16 @@ def _info(args) -> None:
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
 
 def _demo(args) -> None:
-    run_demo(args.out, seconds=args.seconds, seed=args.seed, n_iter=args.n_iter)
+    run_demo(args.out, seconds=args.seconds, seed=args.seed, n_iter=args.n_iter, preset=args.preset)
+
+def _toy_slakh(args) -> None:
+    cfg = ToySlakhConfig.preset(args.preset)
+    overrides = {k: v for k, v in dict(n_tracks=args.tracks, seconds=args.seconds, sr=args.sr, seed=args.seed, fmt=args.fmt).items() if v is not None}
+    cfg = cfg.replace(**overrides)
+    t0 = time.perf_counter()
+    root = make_toy_slakh(args.out, **cfg.to_dict(), n_jobs=args.jobs, overwrite=args.overwrite)
+    splits = {s: len(list((root/s).glob("Track*"))) for s in ("train", "validation", "test", "omitted")}
+    print(f"ToySlakh in {root}: {splits} ({cfg.seconds} s at {cfg.sr} Hz, {cfg.fmt}), {time.perf_counter() - t0:.1f} s")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `msg-edu` argument parser (one subcommand per task)."
@@ -115,7 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=8.0, help="length of the demo clip in seconds")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--n-iter", type=int, default=32, help="Griffin-Lim iterations")
+    d.add_argument("--preset", default="toy", choices=PRESETS, help="size of everything the demo trains and writes")
     d.set_defaults(func=_demo)
+    t = sub.add_parser("toy-slakh", help="write a ToySlakh dataset in Slakh2100's layout")
+    t.add_argument("--out", required=True, help="dataset root to write")
+    t.add_argument("--preset", default="toy", choices=PRESETS, help="tiny: 6 x 4 s at 16 kHz, toy: 48 x 12 s, slakh: 200 x 30 s")
+    t.add_argument("--tracks", type=int, help="number of tracks (train/validation/test split 70/15/15)")
+    t.add_argument("--seconds", type=float, help="length of each track")
+    t.add_argument("--sr", type=int, help="sample rate (Slakh2100: 44100)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--fmt", choices=("flac", "wav"), help="flac like Slakh2100, wav like BabySlakh")
+    t.add_argument("--jobs", type=int, help="parallel writers (default: the CPU count, at most 4)")
+    t.add_argument("--overwrite", action="store_true", help="replace a different dataset already at --out")
+    t.set_defaults(func=_toy_slakh)
     sub.add_parser("info", help="print versions, device and threads").set_defaults(func=_info)
     return p
 
@@ -123,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `msg-edu` console script."
     args = build_parser().parse_args(argv)
     try: args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:  # DataError is a ValueError, FileExistsError an OSError
         print(f"msg-edu {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -53,7 +54,7 @@ def test_makefile_installs_pinned_torch_first():
 
 
 def test_library_imports_without_dev_tools():
-    code = ("import sys; import msg_edu.core, msg_edu.audio, msg_edu.mel, msg_edu.cli; "
+    code = ("import sys; import msg_edu.core, msg_edu.audio, msg_edu.mel, msg_edu.toyslakh, msg_edu.data, msg_edu.cli; "
             "bad = [m for m in ('librosa', 'nbdev', 'IPython', 'matplotlib') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"heavy or dev-only modules imported at import time: {out}"
@@ -61,14 +62,30 @@ def test_library_imports_without_dev_tools():
 
 def test_cli_demo_writes_report(tmp_path):
     exe = Path(sys.executable).parent / "msg-edu"
-    res = subprocess.run([str(exe), "demo", "--out", str(tmp_path), "--seconds", "2", "--n-iter", "8"],
+    out = tmp_path / "demo"
+    res = subprocess.run([str(exe), "demo", "--out", str(out), "--seconds", "2", "--n-iter", "8", "--preset", "tiny"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resample_snr_db"] >= 60 > metrics["resample_snr_db_baseline_no_filter"]
     assert metrics["griffinlim_log_mel_l1"] < metrics["random_phase_log_mel_l1"]
-    for name in ["example_44k.wav", "example_16k.wav", "mels.png", "report.md", "reconstruction_griffinlim.wav"]:
-        assert (tmp_path / name).stat().st_size > 0
+    assert metrics["train_index"]["kept"] >= 1 and metrics["train_segments"] >= 1
+    for name in ["example_44k.wav", "example_16k.wav", "mels.png", "report.md", "reconstruction_griffinlim.wav",
+                 "stems.png", "stem_drums.wav", "stem_mix.wav"]:
+        assert (out / name).stat().st_size > 0
+    assert (tmp_path / "toyslakh_tiny" / "toyslakh.json").exists() and (tmp_path / "cache").is_dir()
+    t0 = time.perf_counter()  # a second run reuses the dataset and the cache
+    res = subprocess.run([str(exe), "demo", "--out", str(out), "--seconds", "2", "--n-iter", "8", "--preset", "tiny"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and json.loads((out / "metrics.json").read_text())["toyslakh_write_s"] < 1.0
+
+
+def test_cli_writes_toyslakh(tmp_path):
+    exe = Path(sys.executable).parent / "msg-edu"
+    res = subprocess.run([str(exe), "toy-slakh", "--out", str(tmp_path / "t"), "--preset", "tiny", "--fmt", "wav"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "'train': 4" in res.stdout and list((tmp_path / "t" / "train").glob("Track*/stems/S00.wav"))
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path):
