@@ -105,7 +105,7 @@ def check_int(value, name: str, *, min_value: int | None = None) -> int:
         raise ValueError(f"`{name}` must be >= {min_value}, got {value}.")
     return int(value)
 
-# %% ../nbs/00_core.ipynb #7d7431fa
+# %% ../nbs/00_core.ipynb #e07cee7a
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     "Write `path` via a temp file moved into place on success; yields an open file, or its Path if `mode` is None."
@@ -113,12 +113,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
-    umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
     try:
         if mode is None: yield Path(tmp)  # caller writes the file itself (e.g. a library that wants a path)
         else:
             with open(tmp, mode) as f: yield f
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and libraries that recreate the file) make 0600 files: usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)

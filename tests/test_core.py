@@ -88,3 +88,6 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     with atomic_write(tmp_path / "a.txt", "w") as f: f.write("x")
     umask = os.umask(0); os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    with atomic_write(tmp_path / "b.bin", mode=None) as p:  # a library that deletes and recreates the file, 0600
+        p.unlink(); fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o600); os.close(fd)
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o666 & ~umask
