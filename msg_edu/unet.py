@@ -58,7 +58,7 @@ class ResBlock(nn.Module):
         h = self.norm2(h) * (1 + scale) + shift                          # FiLM: norm(h) (1 + gamma(t)) + beta(t)
         return self.skip(x) + self.out_layers(h)
 
-# %% ../nbs/07_unet.ipynb #add7969a
+# %% ../nbs/07_unet.ipynb #cf549b93
 class SelfAttention(nn.Module):
     "Multi-head self-attention over every position of a 2-D or 3-D map (tokens = flattened positions)."
     def __init__(self, ch: int, head_channels: int = 32, groups: int = 32):
@@ -69,7 +69,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, emb=None):
         n, c, *sp = x.shape
-        q, k, v = self.qkv(self.norm(x).reshape(n, c, -1)).reshape(n, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
+        qkv = self.qkv(self.norm(x).reshape(n, c, -1)).reshape(n, 3, self.heads, c // self.heads, -1)
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)  # (n, heads, L, d); the fused (flash) kernels need d contiguous
         h = F.scaled_dot_product_attention(q, k, v)                    # softmax(q k^T / sqrt(d)) v, per head
         return x + self.proj(h.transpose(-1, -2).reshape(n, c, -1)).reshape(x.shape)
 

@@ -67,7 +67,7 @@ class VAEConfig(Config):
         "Down-sampling factor in time and frequency (2 per level after the first)."
         return 2 ** (len(self.ch_mult) - 1)
 
-# %% ../nbs/05_vae.ipynb #b58da871
+# %% ../nbs/05_vae.ipynb #d3cf4709
 def _norm(channels: int, groups: int) -> nn.GroupNorm: return nn.GroupNorm(groups, channels, eps=1e-6)
 
 class ResnetBlock(nn.Module):
@@ -90,7 +90,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)  # (b, 1 head, hw, c)
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).contiguous().unbind(1)  # (b, 1 head, hw, c)
         out = F.scaled_dot_product_attention(q, k, v)                                            # softmax(q k^T / sqrt c) v
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
