@@ -35,7 +35,8 @@ from .core import Config, atomic_write, check_int, get_device
 __all__ = ['EVENTS', 'CKPT_WEIGHTS', 'CKPT_STATE', 'CKPT_FORMAT', 'TrainConfig', 'lr_factor', 'Callback', 'CancelFit',
            'NonFiniteLossError', 'NaNGuard', 'GradClip', 'EMA', 'ProgressBar', 'CSVLogger', 'TensorBoardLogger',
            'read_log', 'plot_history', 'Phase', 'to_device', 'rng_state', 'set_rng_state', 'init_distributed',
-           'make_loader', 'Learner', 'save_checkpoint', 'find_checkpoint', 'read_checkpoint', 'load_checkpoint']
+           'make_loader', 'Learner', 'save_checkpoint', 'find_checkpoint', 'has_checkpoint', 'check_run_folder',
+           'read_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/04_learner.ipynb #98d6bd38
 def _check_number(value, name: str, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False) -> float:
@@ -673,7 +674,7 @@ class Learner:
             for old in sorted(_step_folders(folder), key=_step_of)[:-self.config.keep]: shutil.rmtree(old)
             for tmp in folder.glob(".step_*"): shutil.rmtree(tmp, ignore_errors=True)  # left by a save that crashed
 
-# %% ../nbs/04_learner.ipynb #687093e5
+# %% ../nbs/04_learner.ipynb #7bff6f69
 CKPT_WEIGHTS, CKPT_STATE, CKPT_FORMAT = "weights.safetensors", "state.pt", "msg_edu.learner/1"
 
 def _fsync(path: Path):
@@ -744,6 +745,21 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         if steps: return max(steps, key=_step_of)
     raise FileNotFoundError(f"no checkpoint in {path}: expected a folder holding {CKPT_STATE} and {CKPT_WEIGHTS}, or a run "
                             f"folder with checkpoints/step_* inside (written by Learner.fit with out=... or Learner.save).")
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    "Whether `path` is, or holds, a checkpoint (`find_checkpoint` would find one)."
+    try: find_checkpoint(path); return True
+    except FileNotFoundError: return False
+
+def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
+    "Guard of every training command: never start over an existing run, never 'resume' one that is not there."
+    out = Path(out)
+    if resume and not has_checkpoint(out):
+        raise FileNotFoundError(f"resume=True (--resume) but {out} holds no checkpoint to resume from; start a new run without it.")
+    if not resume and has_checkpoint(out):
+        raise FileExistsError(f"{out} already holds checkpoints of a run: pass resume=True (--resume) to continue it, "
+                              f"or choose another output folder.")
+    return out
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     "(weights, state) of a checkpoint folder, read without running pickled code; damaged files raise ValueError."
