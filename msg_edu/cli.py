@@ -20,6 +20,7 @@ from .audio import example_music, load_audio, resample, save_audio, show_mel, sn
 from .core import PRESETS, atomic_write, get_device, seed_everything
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset
 from .mel import MelConfig, MelFrontend, magnitude, mel_to_wave, spectral_convergence, stft
+from .metrics import EVAL_LAYOUT, evaluate_dirs, load_embedder
 from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .vae import VAETraining, train_vae
 
@@ -167,6 +168,20 @@ def _toy_slakh(args) -> None:
     splits = {s: len(list((root/s).glob("Track*"))) for s in ("train", "validation", "test", "omitted")}
     print(f"ToySlakh in {root}: {splits} ({cfg.seconds} s at {cfg.sr} Hz, {cfg.fmt}), {time.perf_counter() - t0:.1f} s")
 
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+def _eval(args) -> None:
+    if args.task == "separation" and (args.embedder or args.vggish or args.given):
+        raise ValueError("--embedder, --vggish and --given belong to --task generation (FAD, sub-FAD); separation needs none.")
+    embedder = (load_embedder(args.embedder, args.vggish, args.embedder_data, device=args.device)
+                if args.task == "generation" else None)
+    report = evaluate_dirs(args.task, args.pred, args.ref, out=args.out, embedder=embedder, stems=_names(args.stems),
+                           given=_names(args.given), sr=args.sr, trim=args.trim)
+    print(f"{args.task}: {args.pred} against {args.ref} at {report['sr']} Hz; {report['counts']}")
+    print(report["text"])
+    print("saved " + ", ".join(report["files"]))
+
 RECIPES = {"vae": (VAETraining, train_vae)}  # `msg-edu train <model>`; later chapters add theirs
 
 def _train(args) -> None:
@@ -214,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", help="where decoded 16 kHz audio is cached (default: $MSG_EDU_CACHE or ~/.cache/msg_edu)")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_train)
+    e = sub.add_parser("eval", help="score separated or generated stems against references; prints the papers' tables",
+                       description=f"Folder layout of --pred and --ref: {EVAL_LAYOUT}. Separation: song folders match by "
+                                   f"name, MSDM's SI-SDRi (4 s chunks, 2 s hop) and MSG-LD's mel metrics per stem. Generation: "
+                                   f"FAD per stem and of the mixtures; --given adds MSDM's sub-FAD.")
+    e.add_argument("--task", required=True, choices=("separation", "generation"))
+    e.add_argument("--pred", required=True, help="folder of song folders with the estimated / generated stems")
+    e.add_argument("--ref", required=True, help="folder of song folders with the reference stems (e.g. MSDM's slakh2100/test)")
+    e.add_argument("--out", help="where metrics_<task>.json and .csv go (default: --pred)")
+    e.add_argument("--stems", help="comma-separated stems to score (default: those in the folders)")
+    e.add_argument("--sr", type=int, help="rate to read and score at (default: the reference files' rate; MSDM: 22050)")
+    e.add_argument("--trim", action="store_true", help="separation: trim estimate and reference to the shorter (counted)")
+    e.add_argument("--embedder", help="generation: folder of a trained InstrumentEmbedder (msg_edu.metrics.train_embedder)")
+    e.add_argument("--embedder-data", help="generation: a Slakh-layout dataset to train the --embedder folder on if it is empty")
+    e.add_argument("--vggish", help="generation: torchvggish weights you downloaded (vggish-10086976.pth); never downloaded")
+    e.add_argument("--given", help="generation: comma-separated stems taken from --ref (partial generation: sub-FAD)")
+    e.add_argument("--device", help="cpu, cuda, mps for the embedder (default: cpu)")
+    e.set_defaults(func=_eval)
     sub.add_parser("info", help="print versions, device and threads").set_defaults(func=_info)
     return p
 

@@ -22,8 +22,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'check_tensor',
-           'check_int', 'atomic_write', 'Config', 'save_pretrained', 'load_config', 'from_pretrained', 'Pretrained',
-           'n_params', 'fmt_count']
+           'check_int', 'atomic_write', 'Config', 'Recipe', 'save_pretrained', 'load_config', 'from_pretrained',
+           'Pretrained', 'n_params', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -180,6 +180,21 @@ def _from_json(tp, v):
         return v
     if (tp is tuple or origin is tuple) and isinstance(v, list): return tuple(v)
     return v
+
+# %% ../nbs/00_core.ipynb #bd192d09
+class Recipe(Config):
+    "A Config whose Config-typed fields are built from their own preset of the same name (changed by the recipe's)."
+    @classmethod
+    def preset(cls, name: str | None = None, **overrides):
+        name = name or default_preset()
+        if name not in cls.presets:
+            raise ValueError(f"{cls.__name__} has no preset {name!r}; choose one of {sorted(cls.presets)}.")
+        p, hints = dict(cls.presets[name]), typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints.get(f.name)
+            if isinstance(tp, type) and issubclass(tp, Config):
+                p[f.name] = tp.preset(name, **p.get(f.name, {})).to_dict()
+        return cls.from_dict({**p, **overrides})
 
 # %% ../nbs/00_core.ipynb #7ba296ec
 from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors

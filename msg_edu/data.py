@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'SLAKH_CLASSES', 'CLASS_ALIASES', 'MSDM_STEMS', 'SILENCE_THRESHOLD', 'TRACK_FIELDS', 'STEM_FIELDS', 'RESAMPLER',
            'SPLITS', 'DataError', 'canonical_class', 'SlakhStem', 'SlakhTrack', 'read_slakh_track', 'default_cache_dir',
-           'AudioCache', 'SlakhIndex', 'is_silent', 'segment_starts', 'StemsDataset', 'TripletDataset']
+           'AudioCache', 'SlakhIndex', 'is_silent', 'segment_starts', 'StemsDataset', 'TripletDataset', 'SingleStems']
 
 # %% ../nbs/03b_data.ipynb #fb0d31fd
 SLAKH_CLASSES = ("Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Brass", "Reed", "Pipe",
@@ -358,3 +358,47 @@ class TripletDataset(torch.utils.data.Dataset):
         source = stems[k: k + 1]
         return {"mix": mix, "submix": mix - source, "source": source, "label": classes[k],
                 "label_id": self.labels.index(classes[k]), "track": item["track"], "start": item["start"]}
+
+# %% ../nbs/03b_data.ipynb #9ebc37db
+class SingleStems(torch.utils.data.Dataset):
+    "Waves (N,) of each non-silent class, and the mixture, of every segment of `index`: one stem per example."
+    def __init__(self, index: SlakhIndex, segment_seconds: float = 10.24, *, crop_samples: int = 0,
+                 include_mix: bool = True, sr: int | None = None):
+        if not isinstance(index, SlakhIndex): raise TypeError(f"index must be a SlakhIndex, got {type(index).__name__}.")
+        if sr is not None and index.cache.sr != sr:
+            raise ValueError(f"the index reads audio at {index.cache.sr} Hz but {sr} Hz is needed; "
+                             f"build the index with SlakhIndex(..., sr={sr}).")
+        self.index, self.segments = index, StemsDataset(index, segment_seconds, skip_silent=True)
+        n = self.segments.length
+        self.crop = check_int(crop_samples, "crop_samples", min_value=0)
+        if self.crop > n:
+            raise ValueError(f"crop_samples={crop_samples} is longer than a segment ({n} samples); use 0 for whole segments.")
+        self.items: list[tuple[int, int, int]] = []   # (track, start, class index or -1 for the mixture)
+        self.counts = collections.Counter(segments=len(self.segments))
+        for ti, start in self.segments.items:
+            track = index.tracks[ti]
+            for k, c in enumerate(index.classes):
+                if c not in track.classes: continue
+                if is_silent(index.load(track, c, start, n)): self.counts["silent stems skipped"] += 1; continue
+                self.items.append((ti, start, k))
+            if include_mix: self.items.append((ti, start, -1))
+        self.counts.update(stems=sum(k >= 0 for *_, k in self.items), mixes=sum(k < 0 for *_, k in self.items))
+
+    @property
+    def n_samples(self) -> int: return self.crop or self.segments.length
+
+    def __len__(self): return len(self.items)
+
+    def describe(self, i: int) -> str:
+        "Which track, class and time item `i` is, for plot titles."
+        ti, start, k = self.items[i]
+        return f"{self.index.tracks[ti].name} {'mix' if k < 0 else self.index.classes[k]} @ {start / self.index.cache.sr:.2f} s"
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        ti, start, k = self.items[i]
+        track, n = self.index.tracks[ti], self.n_samples
+        if self.crop: start += int(torch.randint(0, self.segments.length - n + 1, ()))   # a random crop in the segment
+        classes = self.index.classes if k < 0 else [self.index.classes[k]]
+        wave = sum(self.index.load(track, c, start, n) for c in classes)
+        if k < 0: wave = np.clip(wave, -1.0, 1.0)  # MSG-LD's mixture: clip(sum of stems)
+        return torch.from_numpy(wave)
