@@ -16,11 +16,6 @@ from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh, read_midi
 TINY = ToySlakhConfig.preset("tiny").to_dict()
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_toy_slakh(tmp_path_factory.mktemp("toy") / "toyslakh", **TINY)
-
-
 @pytest.fixture
 def cache_dir(tmp_path):
     return tmp_path / "cache"

@@ -12,21 +12,10 @@ from msg_edu.core import from_pretrained, seed_everything
 from msg_edu.data import SlakhIndex, StemsDataset
 from msg_edu.learner import Callback, Learner, NonFiniteLossError, TrainConfig, make_loader
 from msg_edu.mel import MelFrontend
-from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh
 from msg_edu.vae import (LOG_FLOOR, AutoencoderKL, StemMels, VAEConfig, VAETraining, disc_loss, pad_frames, train_vae,
                          vae_loss, vae_phases)
 
 TINY = VAEConfig.preset("tiny")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_toy_slakh(tmp_path_factory.mktemp("toy") / "toyslakh", **ToySlakhConfig.preset("tiny").to_dict())
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 def short_recipe(steps=12, **train):

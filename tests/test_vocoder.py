@@ -15,7 +15,6 @@ from msg_edu.data import SlakhIndex, StemsDataset, is_silent
 from msg_edu.learner import Callback, Learner
 from msg_edu.mel import MelConfig, MelFrontend
 from msg_edu.metrics import si_sdr
-from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh
 from msg_edu.vocoder import (GriffinLimVocoder, HiFiGAN, HiFiGANConfig, HiFiGANDiscriminator, HiFiGANForTraining,
                              HiFiGANTraining, PeriodDiscriminator, discriminator_adv_loss, feature_matching_loss,
                              generator_adv_loss, held_out_clips, hifigan_d_loss, hifigan_g_loss, hifigan_phases,
@@ -81,16 +80,6 @@ class _RefGenerator(nn.Module):
         x = F.leaky_relu(x)
         x = self.conv_post(x)
         return torch.tanh(x)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_toy_slakh(tmp_path_factory.mktemp("toy") / "toyslakh", **ToySlakhConfig.preset("tiny").to_dict())
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
