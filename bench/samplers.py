@@ -25,20 +25,12 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msg_edu.diffusion import GaussianDenoiser, ddim_sample, ddpm_sample, dpmpp_2m_sample, make_schedule  # noqa: E402
+from msg_edu.diffusion import GaussianDenoiser, ddim_sample, ddpm_sample, dpmpp_2m_sample, make_schedule, toy_gaussian  # noqa: E402
 
 torch.set_num_threads(args.threads)
 EVALS = [5, 10, 20, 50, 100, 200, 500]
 DDPM_EVALS = [20, 50, 100, 200, 1000]
 PRED = {"cosine": "v", "linear": "eps"}   # MGE-LDM's and MSG-LD's pairings
-
-
-def gaussian(seed: int = 0):
-    "The chapter's test Gaussian: three tracks of two dims, correlated across tracks."
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 1.0]])
-    L = torch.randn(6, 6, generator=g) * 0.5
-    return mean, L @ L.T + 0.3 * torch.eye(6)
 
 
 def mc_w2(den, x):
@@ -60,7 +52,7 @@ print(f"# sampler benchmark: W2 to the data Gaussian (6 dims) vs model evaluatio
       f"DPM-Solver++, Monte Carlo ({args.n_mc} samples) for DDPM")
 print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
       f"{args.threads} threads")
-mean, cov = gaussian()
+mean, cov = toy_gaussian()
 for name in args.schedules.split(","):
     sch = make_schedule(name)
     den = GaussianDenoiser(mean, cov, sch, PRED[name])

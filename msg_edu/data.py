@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'SLAKH_CLASSES', 'CLASS_ALIASES', 'MSDM_STEMS', 'SILENCE_THRESHOLD', 'TRACK_FIELDS', 'STEM_FIELDS', 'RESAMPLER',
            'SPLITS', 'DataError', 'canonical_class', 'SlakhStem', 'SlakhTrack', 'read_slakh_track', 'default_cache_dir',
-           'AudioCache', 'SlakhIndex', 'is_silent', 'segment_starts', 'StemsDataset', 'TripletDataset', 'SingleStems']
+           'AudioCache', 'SlakhIndex', 'check_dataset_root', 'is_silent', 'segment_starts', 'StemsDataset',
+           'TripletDataset', 'SingleStems']
 
 # %% ../nbs/03b_data.ipynb #fb0d31fd
 SLAKH_CLASSES = ("Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Brass", "Reed", "Pipe",
@@ -268,6 +269,14 @@ class SlakhIndex:
             have = [t for t in self.tracks if c in t.classes]
             table[c] = {"tracks": len(have), "seconds": round(sum(t.seconds for t in have), 1)}
         return table
+
+# %% ../nbs/03b_data.ipynb #20cbac00
+def check_dataset_root(root: str | os.PathLike) -> Path:
+    "`root` as a Path if it is a folder, else a DataError saying how to get a Slakh-layout dataset there."
+    if not Path(root).is_dir():
+        raise DataError(f"no dataset at {root}: point it at a Slakh2100-layout root (train/, validation/ inside), "
+                        f"or write a ToySlakh there with `msg-edu toy-slakh --out {root}`.")
+    return Path(root)
 
 # %% ../nbs/03b_data.ipynb #d04aad13
 def is_silent(x, threshold: float = SILENCE_THRESHOLD) -> torch.Tensor | bool:

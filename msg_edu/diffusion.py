@@ -19,8 +19,8 @@ __all__ = ['LOG_SNR_RANGE', 'SCHEDULES', 'PREDICTIONS', 'T_PATTERNS', 'CONDITION
            'TOY_SPREAD', 'Schedule', 'LinearSchedule', 'CosineSchedule', 'make_schedule', 'check_track_t',
            'check_prediction', 'q_sample', 'training_target', 'to_x0_eps', 'convert_prediction', 'masked_mse',
            'get_prediction', 'diffusion_loss', 'sample_timesteps', 'Cond', 'drop_cond', 'Denoiser', 'Guided', 'guided',
-           'GaussianDenoiser', 'repaint_path', 'ddpm_sample', 'ddim_sample', 'dpmpp_2m_sample', 'get_sampler',
-           'toy_stems', 'ToyDenoiser', 'DiffusionConfig']
+           'GaussianDenoiser', 'toy_gaussian', 'repaint_path', 'ddpm_sample', 'ddim_sample', 'dpmpp_2m_sample',
+           'get_sampler', 'toy_stems', 'ToyDenoiser', 'DiffusionConfig']
 
 # %% ../nbs/06_diffusion.ipynb #41b4a1c6
 LOG_SNR_RANGE = (-2 * math.log(80.0), -2 * math.log(0.01))   # sigma/alpha from 80 down to 0.01 (the `logsnr` grid)
@@ -401,6 +401,14 @@ class GaussianDenoiser:
         r = sqrtm(self.cov)
         d2 = ((m1 - self.mean.flatten()) ** 2).sum() + torch.trace(c1 + self.cov - 2 * sqrtm(r @ c1 @ r))
         return float(d2.clamp(min=0).sqrt())
+
+# %% ../nbs/06_diffusion.ipynb #10690778
+def toy_gaussian(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    "The chapter's test Gaussian: mean (3 tracks, 2 dims) and a (6, 6) covariance correlated across tracks (eigenvalues >= 0.3)."
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 1.0]])
+    L = torch.randn(6, 6, generator=g) * 0.5
+    return mean, L @ L.T + 0.3 * torch.eye(6)
 
 # %% ../nbs/06_diffusion.ipynb #a9fe61c5
 CONDITIONING = ("tdpaint", "replace")

@@ -10,20 +10,12 @@ from hypothesis import given, settings, strategies as st
 from msg_edu.diffusion import (PREDICTIONS, Cond, Denoiser, DiffusionConfig, GaussianDenoiser, ToyDenoiser,
                                convert_prediction, ddim_sample, ddpm_sample, diffusion_loss, dpmpp_2m_sample, drop_cond,
                                get_sampler, guided, make_schedule, masked_mse, q_sample, repaint_path, sample_timesteps,
-                               to_x0_eps, toy_stems, training_target)
+                               to_x0_eps, toy_gaussian, toy_stems, training_target)
 
 LINEAR, COSINE = make_schedule("linear"), make_schedule("cosine")
 
 
-def gaussian(seed: int = 0):
-    "Three tracks of two dimensions, correlated across tracks (eigenvalues 0.3 .. 4.8)."
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 1.0]])
-    L = torch.randn(6, 6, generator=g) * 0.5
-    return mean, L @ L.T + 0.3 * torch.eye(6)
-
-
-MEAN, COV = gaussian()
+MEAN, COV = toy_gaussian()
 KNOWN_MASK = torch.tensor([True, False, False])
 KNOWN = torch.tensor([[2.0, -1.0], [0.0, 0.0], [0.0, 0.0]])
 
