@@ -52,7 +52,7 @@ INSTRUMENTS = {
     "sfx": Instrument("Sound effects", 122, "Seashore", "fm8_fx.nfm8"),
 }
 
-# %% ../nbs/03a_toyslakh.ipynb #1e891da1
+# %% ../nbs/03a_toyslakh.ipynb #6d355fb5
 @dataclasses.dataclass
 class Note:
     start: float     # seconds
@@ -125,10 +125,9 @@ def plan_track(seed: int, index: int, seconds: float) -> TrackPlan:
             for k in pattern:
                 pitch = roots[b] - 24 + (7 if k == 2 and rng.random() < 0.4 else 0)
                 stems.setdefault("bass", []).append(Note(t0 + k * beat, 0.9 * beat, pitch, vel(96)))
-        if present["guitar"]:
-            arp = chords[b] + [chords[b][0] + 12]
-            for k in range(8):
-                stems.setdefault("guitar", []).append(Note(t0 + k * beat / 2, 1.5 * beat, arp[(k if b % 2 else k * 3) % 4] - 12, vel(80)))
+        if present["guitar"]:  # muted chord stabs on the off-beats (a "skank"), one push in every other bar
+            for k in ((0.5, 1.5, 2.5, 3.5) if b % 2 == 0 else (0.5, 1.5, 2.25, 2.5, 3.5)):
+                for p in chords[b]: stems.setdefault("guitar", []).append(Note(t0 + k * beat, 0.3 * beat, p, vel(80)))
         if present["piano"]:
             for k in (0, 2):
                 for p in chords[b]: stems.setdefault("piano", []).append(Note(t0 + k * beat, 1.8 * beat, p, vel(72)))
@@ -153,7 +152,7 @@ def plan_track(seed: int, index: int, seconds: float) -> TrackPlan:
     gains = {k: float(rng.uniform(-3, 3)) for k in stems}
     return TrackPlan(tempo, key, minor, chords, stems, rendered, gains)
 
-# %% ../nbs/03a_toyslakh.ipynb #01c724f4
+# %% ../nbs/03a_toyslakh.ipynb #4ee4c18f
 def _karplus_strong(f0: float, n: int, sr: int, rng, decay: float = 0.996) -> np.ndarray:
     "Plucked string: a noise burst circulating in a delay line of one period, low-passed each pass."
     period = max(2, int(round(sr / f0)))
@@ -176,7 +175,7 @@ def _render_note(inst: str, pitch: int, dur: float, sr: int, variant: int) -> np
         if pitch == 38:  # snare: noise and a 185 Hz body
             return (0.5 * np.diff(noise, prepend=0) * np.exp(-18 * t) + 0.6 * np.sin(2 * np.pi * 185 * t) * np.exp(-25 * t)) * fade
         return 0.35 * np.diff(noise, n=2, prepend=[0, 0]) * np.exp(-70 * t) * fade  # closed hat: high-passed noise
-    release = {"piano": 1.0, "epiano": 0.3, "guitar": 0.5, "strings": 0.4, "strings2": 0.4,
+    release = {"piano": 1.0, "epiano": 0.3, "guitar": 0.1, "strings": 0.4, "strings2": 0.4,
                "organ": 0.05, "lead": 0.05, "bass": 0.08}[inst]
     n = int((dur + release) * sr); t = np.arange(n) / sr
     f0, nyq = 440.0 * 2.0 ** ((pitch - 69) / 12), sr / 2
@@ -307,7 +306,7 @@ def read_midi(path) -> tuple[float, list[dict]]:
     for n in notes: n["start"] *= sec; n["dur"] *= sec
     return tempo, sorted(notes, key=lambda n: (n["start"], n["pitch"]))
 
-# %% ../nbs/03a_toyslakh.ipynb #cd0fbbb2
+# %% ../nbs/03a_toyslakh.ipynb #a0b4c375
 @dataclasses.dataclass
 class ToySlakhConfig(Config):
     "How much ToySlakh to write; `make_toy_slakh(root, **cfg.to_dict())`."
@@ -383,7 +382,7 @@ def _write_track(cfg: ToySlakhConfig, number: int, split: str, plan_index: int, 
         raise
     return name
 
-GENERATOR_VERSION = 1  # part of the manifest: bump it when the synthesis changes, so cached sets are rewritten
+GENERATOR_VERSION = 2  # part of the manifest: bump it when the synthesis changes, so cached sets are rewritten
 
 def make_toy_slakh(root, n_tracks: int = 48, sr: int = 44100, seed: int = 0, *, seconds: float = 12.0, fmt: str = "flac",
                    splits: tuple[float, float, float] = (0.7, 0.15, 0.15), n_omitted: int = 2,
