@@ -181,7 +181,7 @@ def _from_json(tp, v):
     if (tp is tuple or origin is tuple) and isinstance(v, list): return tuple(v)
     return v
 
-# %% ../nbs/00_core.ipynb #bd192d09
+# %% ../nbs/00_core.ipynb #4d4e4f55
 class Recipe(Config):
     "A Config whose Config-typed fields are built from their own preset of the same name (changed by the recipe's)."
     @classmethod
@@ -189,11 +189,13 @@ class Recipe(Config):
         name = name or default_preset()
         if name not in cls.presets:
             raise ValueError(f"{cls.__name__} has no preset {name!r}; choose one of {sorted(cls.presets)}.")
-        p, hints = dict(cls.presets[name]), typing.get_type_hints(cls)
+        p, hints, overrides = dict(cls.presets[name]), typing.get_type_hints(cls), dict(overrides)
         for f in dataclasses.fields(cls):
             tp = hints.get(f.name)
             if isinstance(tp, type) and issubclass(tp, Config):
-                p[f.name] = tp.preset(name, **p.get(f.name, {})).to_dict()
+                extra = overrides.pop(f.name, {})   # a nested override changes the nested preset, field by field
+                extra = extra.to_dict() if isinstance(extra, Config) else extra
+                p[f.name] = tp.preset(name, **{**p.get(f.name, {}), **extra}).to_dict()
         return cls.from_dict({**p, **overrides})
 
 # %% ../nbs/00_core.ipynb #7ba296ec
