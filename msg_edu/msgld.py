@@ -32,8 +32,8 @@ from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 
 # %% auto #0
 __all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'MSGLDTraining', 'msgld_loss', 'Separation', 'MSGLD',
-           'separate_file', 'generate_files', 'train_msgld', 'dry_run', 'evaluate_separation', 'separation_table',
-           'onset_strength', 'onset_times', 'onset_agreement']
+           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'train_msgld',
+           'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
@@ -364,16 +364,35 @@ def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *
         folders.append(folder)
     return folders
 
-# %% ../nbs/10_msgld.ipynb #85645413
+# %% ../nbs/10_msgld.ipynb #43864538
+def latents_path(out, split: str, recipe, n: int, multiple: int, vae: AutoencoderKL) -> Path:
+    "Where a run keeps a split's encoded latents: keyed by the segmenting, their count, the down-sampling and the VAE's scale."
+    return Path(out)/"latents"/(f"{split}_{recipe.segment_seconds:g}s_hop{recipe.hop_seconds:g}_{n}_x{multiple}_"
+                                f"{float(vae.scale_factor):.6f}.safetensors")
+
+def load_or_encode(path, cls, encode):
+    "The latents at `path` (`cls.load`), or `encode()`d and saved there first."
+    if Path(path).is_file(): return cls.load(path)
+    lat = encode(); lat.save(path)
+    return lat
+
+def stage_one_vae(data, out, recipe: VAETraining, vae=None, *, device=None, progress: bool = True, cache_dir=None,
+                  seed: int = 0) -> AutoencoderKL:
+    "A latent diffusion run's first stage: `vae` (a model or its folder), else one trained on `data` into out/vae (reused)."
+    if isinstance(vae, AutoencoderKL): return vae
+    if vae is None:
+        vae = Path(out)/"vae"
+        if not (vae/"model.safetensors").is_file():
+            train_vae(data, vae, recipe, resume=has_checkpoint(vae), device=device, progress=progress, cache_dir=cache_dir, seed=seed)
+    return AutoencoderKL.from_pretrained(vae)
+
 def _latents(vae: AutoencoderKL, data, split: str, recipe: MSGLDTraining, out: Path, cache_dir, device) -> LatentSegments:
-    "The split's segment latents, encoded once and kept in out/latents (keyed by the VAE's scale and the segmenting)."
+    "The split's segment latents, encoded once and kept in out/latents."
     index = SlakhIndex(data, split, stems=list(recipe.stems), missing="drop", cache_dir=cache_dir)
     ds = StemsDataset(index, recipe.segment_seconds, recipe.hop_seconds or None)
     multiple = vae.config.down * recipe.unet.down
-    key = f"{split}_{recipe.segment_seconds:g}s_hop{recipe.hop_seconds:g}_{len(ds)}_x{multiple}_{float(vae.scale_factor):.6f}"
-    path = out/"latents"/f"{key}.safetensors"
-    lat = LatentSegments.load(path) if path.is_file() else encode_segments(vae, ds, multiple, device=device)
-    if not path.is_file(): lat.save(path)
+    lat = load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), LatentSegments,
+                         lambda: encode_segments(vae, ds, multiple, device=device))
     lat.crop = recipe.crop_frames if split == "train" else 0
     return lat
 
@@ -385,12 +404,7 @@ def train_msgld(data, out, recipe: str | MSGLDTraining = "toy", *, vae=None, res
     out = Path(out)
     check_run_folder(out/"unet_run", resume)
     check_dataset_root(data)
-    if vae is None:  # stage one: a VAE of the same data, trained unless out/vae already holds one
-        vae = out/"vae"
-        if not (vae/"model.safetensors").is_file():
-            train_vae(data, vae, recipe.vae, resume=has_checkpoint(vae), device=device, progress=progress,
-                      cache_dir=cache_dir, seed=seed)
-    vae_model = vae if isinstance(vae, AutoencoderKL) else AutoencoderKL.from_pretrained(vae)
+    vae_model = stage_one_vae(data, out, recipe.vae, vae, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
     if vae_model.config.z_channels != recipe.unet.z_channels:
         raise ValueError(f"the VAE makes {vae_model.config.z_channels} latent channels, the recipe's U-Net expects {recipe.unet.z_channels}.")
     seed_everything(seed)

@@ -1,0 +1,107 @@
+import math
+import warnings
+
+import pytest
+import torch
+
+from msg_edu.audio import load_audio, save_audio
+from msg_edu.diffusion import Cond, DiffusionConfig
+from msg_edu.mgeldm import (MGE_DIFFUSION, MGELDM, LabelConfig, LabelEncoder, MGELDMTraining, TripletConfig,
+                            TripletDenoiser, TripletLatents, add_stem_file, extract_file, label_words)
+from msg_edu.vae import AutoencoderKL, VAEConfig
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    "An untrained tiny MGE-LDM: enough for shapes, notes and errors."
+    torch.manual_seed(0)
+    return MGELDM(AutoencoderKL(VAEConfig.preset("tiny")), TripletDenoiser(TripletConfig.preset("tiny")),
+                  DiffusionConfig(**MGE_DIFFUSION, steps=2), segment_seconds=1.28)
+
+
+def tone(seconds=1.0, sr=16000, f=440.0):
+    return 0.3 * torch.sin(2 * math.pi * f * torch.arange(int(seconds * sr)) / sr)
+
+
+def test_label_encoder_shares_words_and_refuses_unknown_names():
+    enc = LabelEncoder(LabelConfig(dim=4))
+    assert label_words("Lead 1 (square)") == ["lead", "square"]
+    e = enc(["bass", "BASS", "Electric Bass (finger)"])
+    torch.testing.assert_close(e[0], e[1])
+    torch.testing.assert_close(e[2], enc.words.weight[[enc.index[w] for w in ("electric", "bass", "finger")]].mean(0))
+    with pytest.raises(ValueError, match=r"unknown label 'guitr'.*Guitar"): enc(["guitr"])
+    with pytest.raises(ValueError, match="empty label"): enc([""])
+    with pytest.raises(ValueError, match=r"\(B, 4\)"): enc(torch.zeros(2, 5))
+    assert enc(torch.zeros(2, 4)).shape == (2, 4)
+    with pytest.raises(TypeError, match="string"): enc([3])
+
+
+def test_denoiser_roles_and_labels():
+    den = TripletDenoiser(TripletConfig.preset("tiny"))
+    assert den.config.label.vocabulary                        # saved with the weights
+    lab = den.label_cond(["bass", "drums"])
+    assert lab.shape == (2, 3, 16) and lab[:, :2].abs().sum() == 0 and lab[:, 2].abs().sum() > 0
+    z = torch.randn(2, 3, 8, 8, 16)
+    assert den(z, torch.rand(2, 3), Cond(labels=lab)).shape == z.shape
+    with pytest.raises(ValueError, match="3 tracks"): den(torch.randn(2, 4, 8, 8, 16), torch.rand(2, 4))
+    with pytest.raises(ValueError, match="layout='tracks'"): TripletConfig.preset("tiny", unet=dict(layout="msgld"))
+
+
+def test_recipe_is_the_papers():
+    r = MGELDMTraining.preset("slakh")
+    d = r.diffusion
+    assert (d.schedule, d.prediction, d.t_min, d.t_pattern, d.p_known, d.p_drop_labels) == ("cosine", "v", 0.02, "mge", 0.75, 0.1)
+    assert (d.sampler, d.steps, d.guidance_w) == ("ddim", 250, 2.0)
+    assert (r.train.lr, r.train.weight_decay, r.train.grad_clip, r.train.ema_decay, r.batch_size) == (5e-5, 1e-3, 1.0, 0.9999, 64)
+
+
+def test_tasks_shapes_notes_and_errors(pipe):
+    g = torch.Generator().manual_seed(0)
+    with pytest.warns(UserWarning, match="averaged"):
+        r = pipe.extract(torch.stack([tone(), tone(f=220.0)]), "bass", generator=g)
+    assert r["source"].shape == (1, 16000) and r["mels"].shape == (1, 2, 101, 64)
+    torch.testing.assert_close(r["source"] + r["submix"], ((tone() + tone(f=220.0)) / 2)[None], atol=1e-4, rtol=0)
+    with pytest.warns(UserWarning, match="resampled"):
+        assert pipe.extract(tone(sr=44100), "piano", sr=44100, generator=g)["source"].shape == (1, 16000)
+    with pytest.raises(ValueError, match="silent"): pipe.extract(torch.zeros(16000), "bass")
+    with pytest.raises(ValueError, match="Close known labels"): pipe.extract(tone(), "kazoo")
+    a = pipe.add_stem(torch.zeros(16000), "drums", generator=g)          # silence starts a song
+    assert a["source"].shape == (1, 16000)
+    with pytest.raises(ValueError, match="pieces of at most"): pipe.add_stem(tone(10.0), "bass")
+    song = pipe.build_song(["drums", "bass"], 0.64, n=2, generator=g)
+    assert song["stems"].shape == song["mixes"].shape == (2, 2, 10240)
+    with pytest.raises(ValueError, match="Close known labels"): pipe.build_song(["drums", "kazoo"], 0.64)
+    gen = pipe.generate(2, 0.64, "strings", generator=g)
+    assert gen["source"].shape == (2, 10240) and gen["mels"].shape[1] == 3
+    assert pipe.extract(tone(), torch.randn(1, 16), generator=g)["source"].shape == (1, 16000)   # a precomputed embedding
+
+
+def test_save_load_files_and_other_kinds(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    back = MGELDM.from_pretrained(tmp_path / "model")
+    a = pipe.extract(tone(), "bass", generator=torch.Generator().manual_seed(1))["mels"]
+    torch.testing.assert_close(back.extract(tone(), "bass", generator=torch.Generator().manual_seed(1))["mels"], a)
+    with pytest.raises(ValueError, match="class AutoencoderKL"): MGELDM.from_pretrained(tmp_path / "model" / "vae")
+    (tmp_path / "ms").mkdir(); (tmp_path / "ms" / "msgld.json").write_text("{}")
+    with pytest.raises(ValueError, match="MSG-LD pipeline"): MGELDM.from_pretrained(tmp_path / "ms")
+    save_audio(tmp_path / "song.wav", torch.stack([tone(3.0, 44100), tone(3.0, 44100, 330.0)]), 44100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = extract_file(back, tmp_path / "song.wav", tmp_path / "out", "Electric Bass")
+    assert any("resampled" in n for n in r["notes"]) and r["segments"] == 3
+    names = sorted(p.name for p in r["folder"].iterdir())
+    assert names == ["electric_bass.wav", "mix.wav", "submix.wav"]
+    src, sub, mix = (load_audio(r["folder"] / n)[0][0] for n in ("electric_bass.wav", "submix.wav", "mix.wav"))
+    assert src.shape == mix.shape == (48000,)
+    torch.testing.assert_close(src + sub, mix, atol=1e-3, rtol=0)
+    r = add_stem_file(back, tmp_path / "add", "drums", seconds=0.64)
+    assert [p.name for p in r["files"]] == ["drums.wav", "mix.wav"]
+    with pytest.raises(ValueError, match="Close known labels"): extract_file(back, tmp_path / "song.wav", tmp_path / "x", "kazoo")
+
+
+def test_triplet_latents_roundtrip(tmp_path):
+    lat = TripletLatents(torch.randn(2, 3, 8, 16, 16), ["Bass", "Organ"], crop=8)
+    assert lat[1]["tracks"].shape == (3, 8, 8, 16) and lat[1]["label"] == "Organ"
+    back = TripletLatents.load(lat.save(tmp_path / "t.safetensors"))
+    assert back.labels == ["Bass", "Organ"] and torch.equal(back.tracks, lat.tracks)
+    with pytest.raises(ValueError, match="one label each"): TripletLatents(torch.randn(2, 3, 8, 16, 16), ["Bass"])
