@@ -32,8 +32,9 @@ from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 
 # %% auto #0
 __all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'MSGLDTraining', 'msgld_loss', 'Separation', 'MSGLD',
-           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'train_msgld',
-           'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
+           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser',
+           'last_loss', 'train_msgld', 'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength',
+           'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
@@ -364,7 +365,7 @@ def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *
         folders.append(folder)
     return folders
 
-# %% ../nbs/10_msgld.ipynb #43864538
+# %% ../nbs/10_msgld.ipynb #6bf3190b
 def latents_path(out, split: str, recipe, n: int, multiple: int, vae: AutoencoderKL) -> Path:
     "Where a run keeps a split's encoded latents: keyed by the segmenting, their count, the down-sampling and the VAE's scale."
     return Path(out)/"latents"/(f"{split}_{recipe.segment_seconds:g}s_hop{recipe.hop_seconds:g}_{n}_x{multiple}_"
@@ -385,6 +386,21 @@ def stage_one_vae(data, out, recipe: VAETraining, vae=None, *, device=None, prog
         if not (vae/"model.safetensors").is_file():
             train_vae(data, vae, recipe, resume=has_checkpoint(vae), device=device, progress=progress, cache_dir=cache_dir, seed=seed)
     return AutoencoderKL.from_pretrained(vae)
+
+def fit_denoiser(model: nn.Module, lat: dict, loss_fn, recipe, run: Path, *, resume: bool = False, device=None,
+                 progress: bool = True, seed: int = 0, cbs=()) -> Learner:
+    "Train a latent denoiser on {'train', 'validation'} latents with the recipe's batch size and TrainConfig (resumable); EMA weights copied in."
+    learn = Learner(model, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed), loss_fn,
+                    make_loader(lat["validation"], recipe.batch_size, shuffle=False, drop_last=False), recipe.train,
+                    out=run, device=device, progress=progress, cbs=cbs)
+    if resume: learn.load(run)
+    learn.fit()
+    if learn.ema is not None: model.load_state_dict(learn.ema.module.state_dict())   # sample with the averaged weights
+    return learn
+
+def last_loss(learn: Learner) -> float:
+    "The last training loss a Learner logged (NaN if none)."
+    return next((h["loss"] for h in reversed(learn.history) if h.get("loss") is not None), float("nan"))
 
 def _latents(vae: AutoencoderKL, data, split: str, recipe: MSGLDTraining, out: Path, cache_dir, device) -> LatentSegments:
     "The split's segment latents, encoded once and kept in out/latents."
@@ -410,16 +426,11 @@ def train_msgld(data, out, recipe: str | MSGLDTraining = "toy", *, vae=None, res
     seed_everything(seed)
     lat = {split: _latents(vae_model, data, split, recipe, out, cache_dir, device) for split in ("train", "validation")}
     unet = MultiTrackUNet(recipe.unet)
-    learn = Learner(unet, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed),
-                    partial(msgld_loss, diffusion=recipe.diffusion),
-                    make_loader(lat["validation"], recipe.batch_size, shuffle=False, drop_last=False), recipe.train,
-                    out=out/"unet_run", device=device, progress=progress, cbs=cbs)
-    if resume: learn.load(out/"unet_run")
-    learn.fit()
-    if learn.ema is not None: unet.load_state_dict(learn.ema.module.state_dict())  # sample with the averaged weights
+    learn = fit_denoiser(unet, lat, partial(msgld_loss, diffusion=recipe.diffusion), recipe, out/"unet_run", resume=resume,
+                         device=device, progress=progress, seed=seed, cbs=cbs)
     pipe = MSGLD(vae_model.to(learn.device), unet.eval(), recipe.diffusion, recipe.stems, segment_seconds=recipe.segment_seconds)
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "segments": {k: len(v) for k, v in lat.items()},
-               "loss": next((h["loss"] for h in reversed(learn.history) if h.get("loss") is not None), float("nan"))}
+               "loss": last_loss(learn)}
     if learn.rank == 0:
         pipe.save_pretrained(out/"model")
         with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
