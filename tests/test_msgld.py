@@ -163,3 +163,15 @@ def test_train_resume_is_exact_and_files_round_trip(toy, cache, tiny_vae, tmp_pa
     torch.testing.assert_close(stems.sum(0), mix, atol=1e-3, rtol=0)   # they sum to the mixture
     folders = generate_files(loaded, tmp_path / "gen", 2, 0.64, steps=2)
     assert [f.name for f in folders] == ["gen_000", "gen_001"] and (folders[1] / "mix.wav").exists()
+
+
+def test_tdpaint_arrangement_with_the_track_axis_unet():
+    "The 3-D U-Net refuses TD-Paint (one time for all stems); the track-axis one arranges with it by default."
+    pipe = MSGLD(AutoencoderKL(VAEConfig.preset("tiny")), MultiTrackUNet(UNetConfig.preset("tiny", layout="tracks")),
+                 DiffusionConfig.preset("tiny", steps=2))
+    known = torch.stack([tone(f=f) for f in (110.0, 220.0, 330.0, 440.0)])[None]
+    mask = torch.tensor([False, False, True, True])
+    for conditioning in (None, "replace"):
+        out = pipe.arrange(known, mask, conditioning=conditioning, generator=torch.Generator().manual_seed(0))
+        assert out["stems"].shape == (1, 4, 16000) and torch.isfinite(out["stems"]).all()
+        torch.testing.assert_close(out["stems"][0, 2:], known[0, 2:])
