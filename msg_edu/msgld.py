@@ -31,10 +31,10 @@ from .vae import AutoencoderKL, VAETraining, pad_frames, train_vae
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 
 # %% auto #0
-__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'MSGLDTraining', 'msgld_loss', 'Separation', 'MSGLD',
-           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser',
-           'last_loss', 'train_msgld', 'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength',
-           'onset_times', 'onset_agreement']
+__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'MSGLDTraining', 'msgld_loss', 'prepare_audio', 'by_segments',
+           'describe_folder', 'Separation', 'MSGLD', 'separate_file', 'generate_files', 'latents_path',
+           'load_or_encode', 'stage_one_vae', 'fit_denoiser', 'last_loss', 'start_run', 'finish_run', 'train_msgld',
+           'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
@@ -139,8 +139,51 @@ def msgld_loss(unet: MultiTrackUNet, batch: dict, diffusion: DiffusionConfig) ->
     "MSG-LD's objective on a batch of latents {'stems', 'mix'}: shared t, CFG dropout of the mixture, diffusion loss."
     return diffusion.training_loss(unet, batch["stems"], Cond(mix=batch["mix"]))
 
-# %% ../nbs/10_msgld.ipynb #a6715349
+# %% ../nbs/10_msgld.ipynb #e579aea5
 MSGLD_FORMAT = "msg_edu.msgld/1"
+
+def prepare_audio(wave, sr: int, model_sr: int, name: str = "mixture", *, purpose: str = "separate",
+                  allow_silence: bool = False) -> tuple[torch.Tensor, list[str]]:
+    "Audio (N,), (C, N) or (B, C, N) as (B, 1, N) at `model_sr`: downmixed and resampled with notes (also warned); silence refused."
+    notes = []
+    wave = check_tensor(wave, name, ndim=(1, 2, 3)).float()
+    wave = wave[None, None] if wave.ndim == 1 else wave[None] if wave.ndim == 2 else wave
+    if wave.shape[1] > 1:
+        notes.append(f"the {name} has {wave.shape[1]} channels; the model works on mono, so they were averaged (downmix).")
+        wave = wave.mean(1, keepdim=True)
+    if check_int(sr, "sr", min_value=1) != model_sr:
+        notes.append(f"the {name} is at {sr} Hz; it was resampled to the model's {model_sr} Hz.")
+        wave = resample(wave, sr, model_sr)
+    if wave.shape[-1] < model_sr // 4:
+        raise ValueError(f"the {name} is {wave.shape[-1] / model_sr:.3f} s long; give at least 0.25 s.")
+    silent = torch.as_tensor(is_silent(wave[:, 0])).reshape(-1)
+    if not allow_silence and bool(silent.any()):
+        raise ValueError(f"{name} {int(silent.nonzero()[0])} of the batch is silent (||x||_2 / N < 1.5e-5): there is nothing "
+                         f"to {purpose}; check the file and its gain.")
+    for n in notes: warnings.warn(n, stacklevel=3)
+    return wave, notes
+
+def by_segments(wave: torch.Tensor, length: int, fn, n_parts: int) -> tuple[torch.Tensor, int, int]:
+    "Cut a mono wave (N,) into `length`-sample segments (the last zero-padded), run `fn` ((K, 1, L) -> (K, P, L)) on the sounding ones, rejoin: (P, N), #silent, #segments."
+    N = wave.shape[-1]
+    segs = torch.nn.functional.pad(wave, (0, (-N) % length)).reshape(-1, 1, length)
+    sounding = ~torch.as_tensor(is_silent(segs[:, 0])).reshape(-1)
+    parts = torch.zeros(len(segs), n_parts, length, device=segs.device)
+    if bool(sounding.any()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts[sounding] = fn(segs[sounding]).to(parts)
+    return parts.transpose(0, 1).reshape(n_parts, -1)[:, :N], int((~sounding).sum()), len(segs)
+
+def describe_folder(directory: Path) -> str:
+    "What a folder given as a model holds, for error messages."
+    if not directory.exists(): return "it does not exist"
+    if (directory/"msgld.json").is_file(): return "it holds an MSG-LD pipeline (load it with MSGLD.from_pretrained)"
+    if (directory/"mgeldm.json").is_file(): return "it holds an MGE-LDM pipeline (load it with MGELDM.from_pretrained)"
+    if (directory/"config.json").is_file():
+        try: return f"it holds a single model of class {load_config(directory)[0]['model_class']}"
+        except Exception: return "it holds a config.json of a single model"
+    return "it holds no pipeline description (msgld.json or mgeldm.json)"
 
 @dataclasses.dataclass
 class Separation:
@@ -185,23 +228,7 @@ class MSGLD(nn.Module):
 
     def prepare_mix(self, wave, sr: int | None = None) -> tuple[torch.Tensor, list[str]]:
         "A mixture (N,), (C, N) or (B, C, N) as (B, 1, N) at the model's rate; notes say what was changed. Silence is an error."
-        notes = []
-        wave = check_tensor(wave, "mix", ndim=(1, 2, 3)).float()
-        wave = wave[None, None] if wave.ndim == 1 else wave[None] if wave.ndim == 2 else wave
-        if wave.shape[1] > 1:
-            notes.append(f"the mixture has {wave.shape[1]} channels; MSG-LD works on mono, so they were averaged (downmix).")
-            wave = wave.mean(1, keepdim=True)
-        sr = self.sr if sr is None else check_int(sr, "sr", min_value=1)
-        if sr != self.sr:
-            notes.append(f"the mixture is at {sr} Hz; it was resampled to the model's {self.sr} Hz.")
-            wave = resample(wave, sr, self.sr)
-        silent = is_silent(wave[:, 0])
-        if bool(torch.as_tensor(silent).any()):
-            raise ValueError(f"mixture {int(torch.as_tensor(silent).nonzero()[0])} of the batch is silent (||x||_2 / N < 1.5e-5): "
-                             f"there is nothing to separate; check the file and its gain.")
-        if wave.shape[-1] < self.sr // 4:
-            raise ValueError(f"the mixture is {wave.shape[-1] / self.sr:.3f} s long; give at least 0.25 s.")
-        for n in notes: warnings.warn(n, stacklevel=3)
+        wave, notes = prepare_audio(wave, self.sr if sr is None else sr, self.sr, "mixture", purpose="separate")
         return wave.to(self.device), notes
 
     @torch.no_grad()
@@ -305,12 +332,7 @@ class MSGLD(nn.Module):
         directory = Path(directory)
         meta_path = directory/"msgld.json"
         if not meta_path.is_file():
-            what = "it does not exist" if not directory.exists() else "it has no msgld.json"
-            if (directory/"config.json").is_file():
-                try: what = f"it holds a single model of class {load_config(directory)[0]['model_class']}, not an MSG-LD pipeline"
-                except Exception: what = "it holds a config.json, not an MSG-LD pipeline"
-            elif (directory/"mgeldm.json").is_file(): what = "it holds an MGE-LDM pipeline"
-            raise ValueError(f"{directory} is not an MSG-LD model directory: {what}. MSGLD.from_pretrained needs what "
+            raise ValueError(f"{directory} is not an MSG-LD model directory: {describe_folder(directory)}. MSGLD.from_pretrained needs what "
                              f"MSGLD.save_pretrained writes (msgld.json, vae/, unet/): train one with `msg-edu train msgld` "
                              f"and pass its out/model.")
         meta = json.loads(meta_path.read_text())
@@ -322,7 +344,7 @@ class MSGLD(nn.Module):
         return cls(vae, unet, DiffusionConfig.from_dict(meta["diffusion"]), tuple(meta["stems"]), vocoder,
                    meta.get("segment_seconds", 10.24)).to(device)
 
-# %% ../nbs/10_msgld.ipynb #0f98af36
+# %% ../nbs/10_msgld.ipynb #60e65bde
 def separate_file(pipe: MSGLD, path, out, *, guidance_w: float = 1.0, sampler: str | None = None, steps: int | None = None,
                   seed: int = 0, reconstruct: str = "mixture", segment_seconds: float | None = None) -> dict:
     "Separate an audio file into out/<file stem>/<stem>.wav (+ mix.wav at the model's rate); returns paths and notes."
@@ -332,22 +354,15 @@ def separate_file(pipe: MSGLD, path, out, *, guidance_w: float = 1.0, sampler: s
     mix, notes = pipe.prepare_mix(wave, sr)                                   # (1, 1, N) at the model's rate
     L = int(round((segment_seconds or pipe.segment_seconds) * pipe.sr))
     N = mix.shape[-1]
-    segs = torch.nn.functional.pad(mix[0, 0], (0, (-N) % L)).reshape(-1, 1, L)   # (K, 1, L), the last one zero-padded
-    sounding = ~torch.as_tensor(is_silent(segs[:, 0]))
-    stems = torch.zeros(len(segs), len(pipe.stems), L, device=segs.device)
-    if bool(sounding.any()):
-        g = torch.Generator(pipe.device).manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stems[sounding] = pipe.separate(segs[sounding], guidance_w=guidance_w, sampler=sampler, steps=steps,
-                                            generator=g, reconstruct=reconstruct).stems.to(stems.dtype)
-    stems = stems.transpose(0, 1).reshape(len(pipe.stems), -1)[:, :N].cpu()
+    g = torch.Generator(pipe.device).manual_seed(seed)
+    stems, n_silent, n_segs = by_segments(mix[0, 0], L, lambda segs: pipe.separate(
+        segs, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=g, reconstruct=reconstruct).stems, len(pipe.stems))
+    stems = stems.cpu()
     folder = Path(out)/Path(path).stem
     files = [save_audio(folder/f"{s}.wav", stems[i], pipe.sr, subtype="FLOAT") for i, s in enumerate(pipe.stems)]
     files.append(save_audio(folder/"mix.wav", mix[0, 0].cpu(), pipe.sr, subtype="FLOAT"))
-    n_silent = int((~sounding).sum())
-    if n_silent: notes.append(f"{n_silent} of {len(segs)} segments were silent and left silent.")
-    return {"folder": folder, "files": files, "notes": notes, "segments": len(segs), "seconds": N / pipe.sr}
+    if n_silent: notes.append(f"{n_silent} of {n_segs} segments were silent and left silent.")
+    return {"folder": folder, "files": files, "notes": notes, "segments": n_segs, "seconds": N / pipe.sr}
 
 def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *, guidance_w: float = 0.0,
                    sampler: str | None = None, steps: int | None = None, seed: int = 0) -> list[Path]:
@@ -365,7 +380,7 @@ def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *
         folders.append(folder)
     return folders
 
-# %% ../nbs/10_msgld.ipynb #6bf3190b
+# %% ../nbs/10_msgld.ipynb #1438ae77
 def latents_path(out, split: str, recipe, n: int, multiple: int, vae: AutoencoderKL) -> Path:
     "Where a run keeps a split's encoded latents: keyed by the segmenting, their count, the down-sampling and the VAE's scale."
     return Path(out)/"latents"/(f"{split}_{recipe.segment_seconds:g}s_hop{recipe.hop_seconds:g}_{n}_x{multiple}_"
@@ -412,18 +427,32 @@ def _latents(vae: AutoencoderKL, data, split: str, recipe: MSGLDTraining, out: P
     lat.crop = recipe.crop_frames if split == "train" else 0
     return lat
 
+def start_run(recipe, cls, data, out, run: str, *, resume: bool, vae=None, device=None, progress: bool = True,
+              cache_dir=None, seed: int = 0):
+    "The common start of a latent pipeline's training: the recipe, a fresh (or resumable) run folder, the data, the VAE; seeded."
+    recipe = cls.preset(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(recipe, cls): raise TypeError(f"recipe must be a preset name or a {cls.__name__}, got {type(recipe).__name__}.")
+    out = Path(out)
+    check_run_folder(out/run, resume)
+    check_dataset_root(data)
+    vae_model = stage_one_vae(data, out, recipe.vae, vae, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
+    seed_everything(seed)
+    return recipe, out, vae_model
+
+def finish_run(pipe: nn.Module, learn: Learner, metrics: dict, out: Path):
+    "Save the pipeline to out/model and metrics.json (rank 0 only); returns what the training functions return."
+    if learn.rank == 0:
+        pipe.save_pretrained(out/"model")
+        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
+    return pipe, learn, metrics
+
 def train_msgld(data, out, recipe: str | MSGLDTraining = "toy", *, vae=None, resume: bool = False, device=None,
                 progress: bool = True, cache_dir=None, seed: int = 0, cbs=()):
     "Train MSG-LD on a Slakh-layout dataset: the VAE (unless `vae` names one), then the U-Net; the pipeline goes to out/model."
-    recipe = MSGLDTraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, MSGLDTraining): raise TypeError(f"recipe must be a preset name or an MSGLDTraining, got {type(recipe).__name__}.")
-    out = Path(out)
-    check_run_folder(out/"unet_run", resume)
-    check_dataset_root(data)
-    vae_model = stage_one_vae(data, out, recipe.vae, vae, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
+    recipe, out, vae_model = start_run(recipe, MSGLDTraining, data, out, "unet_run", resume=resume, vae=vae, device=device,
+                                       progress=progress, cache_dir=cache_dir, seed=seed)
     if vae_model.config.z_channels != recipe.unet.z_channels:
         raise ValueError(f"the VAE makes {vae_model.config.z_channels} latent channels, the recipe's U-Net expects {recipe.unet.z_channels}.")
-    seed_everything(seed)
     lat = {split: _latents(vae_model, data, split, recipe, out, cache_dir, device) for split in ("train", "validation")}
     unet = MultiTrackUNet(recipe.unet)
     learn = fit_denoiser(unet, lat, partial(msgld_loss, diffusion=recipe.diffusion), recipe, out/"unet_run", resume=resume,
@@ -431,10 +460,7 @@ def train_msgld(data, out, recipe: str | MSGLDTraining = "toy", *, vae=None, res
     pipe = MSGLD(vae_model.to(learn.device), unet.eval(), recipe.diffusion, recipe.stems, segment_seconds=recipe.segment_seconds)
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "segments": {k: len(v) for k, v in lat.items()},
                "loss": last_loss(learn)}
-    if learn.rank == 0:
-        pipe.save_pretrained(out/"model")
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return pipe, learn, metrics
+    return finish_run(pipe, learn, metrics, out)
 
 # %% ../nbs/10_msgld.ipynb #b9a7cc2a
 def dry_run(recipe: str | MSGLDTraining, data=None, *, cache_dir=None) -> dict:
