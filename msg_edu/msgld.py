@@ -31,8 +31,8 @@ from .vae import AutoencoderKL, VAETraining, pad_frames, train_vae
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 
 # %% auto #0
-__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'MSGLDTraining', 'msgld_loss', 'prepare_audio', 'by_segments',
-           'describe_folder', 'Separation', 'MSGLD', 'separate_file', 'generate_files', 'latents_path',
+__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'LatentTraining', 'MSGLDTraining', 'msgld_loss', 'prepare_audio',
+           'by_segments', 'describe_folder', 'Separation', 'MSGLD', 'separate_file', 'generate_files', 'latents_path',
            'load_or_encode', 'stage_one_vae', 'fit_denoiser', 'last_loss', 'start_run', 'finish_run', 'train_msgld',
            'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
 
@@ -94,19 +94,42 @@ def encode_segments(vae: AutoencoderKL, ds: StemsDataset, multiple: int, batch_s
         names += [f"{it['track']}@{it['start']}" for it in items]
     return LatentSegments(torch.cat(stems), torch.cat(mix), names=names)
 
-# %% ../nbs/10_msgld.ipynb #e16ab787
+# %% ../nbs/10_msgld.ipynb #150b81ca
 @dataclasses.dataclass
-class MSGLDTraining(Recipe):
-    "Everything `train_msgld` needs: the VAE recipe (used when no VAE is given), U-Net, diffusion, training, segments."
+class LatentTraining(Recipe):
+    "What the latent pipelines' recipes share: the first-stage VAE recipe, diffusion and Learner settings, how segments are cut."
     vae: VAETraining = dataclasses.field(default_factory=VAETraining)
-    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    stems: tuple[str, ...] = MSDM_STEMS
     segment_seconds: float = 10.24    # audio per example (MSG-LD: 10.24 s = 1024 mel frames)
     hop_seconds: float = 0.0          # between segment starts; 0 = segment_seconds
     crop_frames: int = 0              # random crops of this many *latent* frames in training; 0 = whole segments
     batch_size: int = 3
+    presets: ClassVar[dict] = {}
+
+    @property
+    def denoiser(self) -> UNetConfig:
+        "The U-Net config of the model the recipe trains (a subclass says which)."
+        raise NotImplementedError
+
+    def validate(self):
+        check_int(self.batch_size, "batch_size", min_value=1); check_int(self.crop_frames, "crop_frames", min_value=0)
+        net = self.denoiser
+        if net.prediction != self.diffusion.prediction:
+            raise ValueError(f"the denoiser predicts {net.prediction!r} but the diffusion trains {self.diffusion.prediction!r}; "
+                             f"set both to the same target.")
+        if net.z_channels != self.vae.vae.z_channels:
+            raise ValueError(f"the U-Net expects {net.z_channels} latent channels, the VAE makes {self.vae.vae.z_channels}.")
+        if self.crop_frames % net.down:
+            raise ValueError(f"crop_frames={self.crop_frames} must be a multiple of the U-Net's down-sampling {net.down}.")
+        if not self.segment_seconds > 0 or self.hop_seconds < 0:
+            raise ValueError(f"segment_seconds must be > 0 and hop_seconds >= 0, got {self.segment_seconds} and {self.hop_seconds}.")
+
+@dataclasses.dataclass
+class MSGLDTraining(LatentTraining):
+    "Everything `train_msgld` needs: a `LatentTraining` with MSG-LD's U-Net and its stems."
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    stems: tuple[str, ...] = MSDM_STEMS
     presets: ClassVar[dict] = {
         "tiny": dict(segment_seconds=1.28, batch_size=4, diffusion=dict(sampler="dpmpp_2m", steps=10),
                      vae=dict(train=dict(steps=20, log_every=5, valid_every=10)),
@@ -119,20 +142,14 @@ class MSGLDTraining(Recipe):
                       train=dict(lr=3e-5, steps=500_000, warmup=0, schedule="constant", weight_decay=0.01, grad_clip=0.0,
                                  ema_decay=0.9999, precision="fp32", log_every=100, valid_every=5000, save_every=5000))}
 
+    @property
+    def denoiser(self) -> UNetConfig: return self.unet
+
     def validate(self):
-        check_int(self.batch_size, "batch_size", min_value=1); check_int(self.crop_frames, "crop_frames", min_value=0)
+        super().validate()
         if len(self.stems) != self.unet.n_tracks:
             raise ValueError(f"{len(self.stems)} stems {tuple(self.stems)} but the U-Net has n_tracks={self.unet.n_tracks}; "
                              f"make them agree.")
-        if self.unet.prediction != self.diffusion.prediction:
-            raise ValueError(f"the U-Net predicts {self.unet.prediction!r} but the diffusion trains "
-                             f"{self.diffusion.prediction!r}; set both (unet=dict(prediction=...), diffusion=dict(prediction=...)).")
-        if self.unet.z_channels != self.vae.vae.z_channels:
-            raise ValueError(f"the U-Net expects {self.unet.z_channels} latent channels, the VAE makes {self.vae.vae.z_channels}.")
-        if self.crop_frames % self.unet.down:
-            raise ValueError(f"crop_frames={self.crop_frames} must be a multiple of the U-Net's down-sampling {self.unet.down}.")
-        if not self.segment_seconds > 0 or self.hop_seconds < 0:
-            raise ValueError(f"segment_seconds must be > 0 and hop_seconds >= 0, got {self.segment_seconds} and {self.hop_seconds}.")
 
 # %% ../nbs/10_msgld.ipynb #096915bd
 def msgld_loss(unet: MultiTrackUNet, batch: dict, diffusion: DiffusionConfig) -> torch.Tensor:
