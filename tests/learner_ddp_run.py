@@ -63,3 +63,8 @@ save(learner("gan").fit(), "gan")
 stopped = learner("single", out / f"stopped_{WORLD}").fit(until=3)
 torch.manual_seed(123)  # a fresh start would not have the same random state
 save(learner("single", out / f"stopped_{WORLD}").load(out / f"stopped_{WORLD}").fit(), "resume")
+
+import torch.distributed as dist  # noqa: E402
+if dist.is_initialized():  # a clean teardown: leaving gloo's threads to process exit can abort a rank ("terminate called ...")
+    dist.barrier()
+    dist.destroy_process_group()
