@@ -43,7 +43,7 @@ lab: install
 	$(VENV)/bin/jupyter lab nbs/
 
 bench: install
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) bench/run.py   # every bench/*.py; writes bench/RESULTS.md
 
 # README.md is generated from nbs/index.ipynb (Quarto, nbdev's usual route, is not available here).
 readme: install

@@ -57,3 +57,5 @@ print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()
 print(f"decode + resample the FLACs (seek)  {1e3 * t_flac:8.2f} ms   1.00x")
 print(f"first pass (fills the cache)        {1e3 * t_first:8.2f} ms")
 print(f"from the cache (memory-mapped)      {1e3 * t_cache:8.2f} ms   {t_flac / t_cache:.1f}x")
+print(f"RESULT a 10.24 s training segment: from the cache {t_flac / t_cache:.1f}x faster than decoding + resampling the "
+      f"FLACs (target >= 10x)")

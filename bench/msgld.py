@@ -67,6 +67,8 @@ ddim, dpm = rows["DDIM 200, eta 1 (paper)"], rows["DPM-Solver++(2M) 25"]
 print(f"ratio DPM-Solver++ 25 / DDIM 200: Log-Mel L1 {mean(dpm['log_mel_l1']) / mean(ddim['log_mel_l1']):.3f}, "
       f"SI-SDRi difference {dpm['si_sdri']['All'] - ddim['si_sdri']['All']:+.2f} dB, time {dpm['seconds'] / ddim['seconds']:.3f} "
       f"({ddim['segments']} segments of {len(ddim['stems'])} stems)")
+print(f"RESULT MSG-LD separation, DPM-Solver++(2M) 25 / the paper's DDIM 200: {dpm['seconds'] / ddim['seconds']:.2f}x the time, "
+      f"Log-Mel L1 x{mean(dpm['log_mel_l1']) / mean(ddim['log_mel_l1']):.3f}, SI-SDRi {dpm['si_sdri']['All'] - ddim['si_sdri']['All']:+.2f} dB")
 
 if torch.cuda.is_available():   # the slakh preset: throughput and peak memory of training steps in bf16 autocast
     from functools import partial
@@ -88,3 +90,5 @@ if torch.cuda.is_available():   # the slakh preset: throughput and peak memory o
     dt = (time.perf_counter() - t0) / args.gpu_steps
     print(f"slakh preset on {torch.cuda.get_device_name()}: {r.batch_size / dt:.2f} samples/s ({dt:.3f} s/step, batch "
           f"{r.batch_size}, 10.24 s segments), peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, bf16 autocast")
+    print(f"RESULT MSG-LD slakh preset training on {torch.cuda.get_device_name()}: {r.batch_size / dt:.2f} samples/s, "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak (bf16 autocast)")

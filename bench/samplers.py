@@ -79,3 +79,5 @@ for name in args.schedules.split(","):
         need = evals_to_match(target, EVALS, ddim)
         print(f"DPM-Solver++(2M) @ 20 ({grid}): W2 {target:.4f} = DDIM (uniform t) @ {need:.0f} evaluations "
               f"-> {need / 20:.1f}x fewer evaluations")
+        print(f"RESULT samplers, {name} schedule ({grid} grid): DPM-Solver++(2M) at 20 evaluations is as close as DDIM at "
+              f"{need:.0f}: {need / 20:.1f}x fewer evaluations")

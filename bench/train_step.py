@@ -96,3 +96,8 @@ for device, precision in runs:
     for name, r in results.items():
         ref = results[name.split(",")[0] + ", inference (reference)"]
         print(f"{name:>30} {r['params'] / 1e6:7.1f}M {r['s']:8.3f} {1 / r['s']:8.2f} {r['peak_mb']:8.0f} {r['s'] / ref['s']:11.1f}x")
+    for name, r in results.items():
+        if "inference" not in name:
+            ref = results[name.split(",")[0] + ", inference (reference)"]
+            print(f"RESULT VAE training step, {name} ({label}): {r['s']:.3f} s, {r['s'] / ref['s']:.1f}x the same model's "
+                  f"inference, peak {r['peak_mb']:.0f} MB")

@@ -119,3 +119,7 @@ for device, precision in runs:
         if gpu:
             line += f" {r['flops'] / 1e12:11.2f} " + (f"{r['flops'] / r['s'] / peak:6.1%}" if peak else "   n/a")
         print(line)
+    for name, r in rows.items():
+        if name != "stacked (reference)":
+            print(f"RESULT U-Net forward + backward, {name} layout ({device} {precision}): {r['s'] / ref['s']:.2f}x the time and "
+                  f"{r['peak_mb'] / ref['peak_mb']:.2f}x the memory of a stacked 2-D U-Net of equal size")

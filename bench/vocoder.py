@@ -74,3 +74,5 @@ print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()
       + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
 for name, t, err in rows:
     print(f"{name:<52} {t:8.2f} s   {audio_seconds / t:7.1f}x real time" + (f"   mel L1 {err:.3f}" if err is not None else ""))
+for name, t, err in rows[1:]:
+    print(f"RESULT vocoding {audio_seconds:.0f} s of stems, {name}: {rows[0][1] / t:.2f}x the speed of Griffin-Lim 32")
