@@ -122,4 +122,4 @@ for device, precision in runs:
     for name, r in rows.items():
         if name != "stacked (reference)":
             print(f"RESULT U-Net forward + backward, {name} layout ({device} {precision}): {r['s'] / ref['s']:.2f}x the time and "
-                  f"{r['peak_mb'] / ref['peak_mb']:.2f}x the memory of a stacked 2-D U-Net of equal size")
+                  f"{r['peak_mb'] / ref['peak_mb']:.2f}x the memory of the stacked 2-D reference (sized to MSG-LD)")
