@@ -9,6 +9,7 @@ import argparse
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -124,6 +125,17 @@ def _add_stem(args) -> None:
     for note in r["notes"]: print(f"note: {note}")
     print(f"added {args.label!r} to {args.submix or 'silence'} -> " + ", ".join(str(f) for f in r["files"]))
 
+def _import(args) -> None:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} is not empty; give a new folder for the imported model.")
+    pipe = MSGLD.from_released(args.unet, args.vae, args.vocoder, weights=args.weights)
+    pipe.save_pretrained(out)
+    print(f"MSG-LD from the authors' weights: U-Net {sum(p.numel() for p in pipe.unet.parameters()):,} parameters "
+          f"({pipe.unet.config.model_channels} channels), latent scale {float(pipe.vae.scale_factor):.4f}, vocoder "
+          f"{'HiFi-GAN' if pipe.vocoder else 'none (Griffin-Lim)'} -> {out}; use it with `msg-edu separate --model {out}` "
+          f"or `msg-edu generate --model {out}`.")
+
 def _sampling_args(parser, w: float, kind: str = "MSG-LD", train: str = "msgld") -> None:
     parser.add_argument("--model", required=True, help=f"a trained {kind} pipeline: the OUT/model folder of `train {train}`")
     parser.add_argument("--out", required=True, help="output folder")
@@ -191,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seconds", type=float, help="length when there is no --submix (default: the model's segment)")
     _sampling_args(a, 1.0, "MGE-LDM", "mgeldm")
     a.set_defaults(func=_add_stem)
+    i = sub.add_parser("import", help="build a model folder from the authors' released weights (read safely, never downloaded)")
+    i.add_argument("model", choices=("msgld",), help="whose weights")
+    i.add_argument("--unet", required=True, help="MSG-LD's U-Net checkpoint (the *_checkpoint.pt of the authors' README)")
+    i.add_argument("--vae", help="MusicLDM's vae-ckpt.ckpt (default: the VAE inside the --unet file)")
+    i.add_argument("--vocoder", help="MusicLDM's hifigan-ckpt.ckpt (default: one bundled in the files, else Griffin-Lim)")
+    i.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto", help="the U-Net's EMA weights (auto: if present)")
+    i.add_argument("--out", required=True, help="a new folder for the model (then `separate` / `generate --model OUT`)")
+    i.set_defaults(func=_import)
     e = sub.add_parser("eval", help="score separated or generated stems against references; prints the papers' tables",
                        description=f"Folder layout of --pred and --ref: {EVAL_LAYOUT}. Separation: song folders match by "
                                    f"name, MSDM's SI-SDRi (4 s chunks, 2 s hop) and MSG-LD's mel metrics per stem. Generation: "

@@ -22,8 +22,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'check_tensor',
-           'check_int', 'atomic_write', 'Config', 'Recipe', 'save_pretrained', 'load_config', 'from_pretrained',
-           'Pretrained', 'n_params', 'fmt_count']
+           'check_int', 'atomic_write', 'Config', 'Recipe', 'save_pretrained', 'load_config', 'check_state_dict',
+           'from_pretrained', 'Pretrained', 'read_checkpoint', 'checkpoint_kind', 'n_params', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -237,6 +237,17 @@ def load_config(directory: str | os.PathLike) -> tuple[dict, Config]:
                          f"import the msg_edu module that defines it first.")
     return meta, cfg_cls.from_dict(meta["config"])
 
+# %% ../nbs/00_core.ipynb #c0a1b2c4
+def check_state_dict(state: dict, expected: dict, source, model: str, hint: str = "") -> None:
+    "Raise a ValueError naming `source` unless `state` has exactly the tensor names and shapes of `expected`."
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        def few(xs): return (xs[:5] + [f"... {len(xs) - 5} more"]) if len(xs) > 5 else xs
+        raise ValueError(f"the weights in {source} do not fit {model}: missing {few(missing)}, unexpected {few(unexpected)}, "
+                         f"shape mismatches {few(shapes)}." + (f" {hint}" if hint else ""))
+
 def from_pretrained(cls: type, directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     "Rebuild `cls(config)` from `directory` and load its weights (checked against the model's shapes)."
     meta, cfg = load_config(directory)
@@ -248,16 +259,12 @@ def from_pretrained(cls: type, directory: str | os.PathLike, device: str | torch
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {Path(directory)!s}; the save did not finish, save it again.")
     model = cls(cfg)
     state = _load_safetensors(str(wpath), device=str(device))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        def few(xs): return (xs[:5] + [f"... {len(xs) - 5} more"]) if len(xs) > 5 else xs
-        raise ValueError(f"weights in {wpath} do not fit {cls.__name__}({cfg}): missing {few(missing)}, "
-                         f"unexpected {few(unexpected)}, shape mismatches {few(shapes)}. config.json and "
-                         f"model.safetensors come from different models; save the model again.")
+    from msg_edu import __version__
+    saved_by = meta.get("msg_edu_version", "an unknown version")
+    hint = ("config.json and model.safetensors come from different models; save the model again." if saved_by == __version__
+            else f"It was saved by msg_edu {saved_by} and this is {__version__}, whose {cls.__name__} differs: retrain it "
+                 f"(or load it with the version that saved it).")
+    check_state_dict(state, model.state_dict(), wpath, f"{cls.__name__}({cfg})", hint)
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -266,6 +273,35 @@ class Pretrained:
     def save_pretrained(self, directory): return save_pretrained(self, directory)
     @classmethod
     def from_pretrained(cls, directory, device="cpu"): return from_pretrained(cls, directory, device)
+
+# %% ../nbs/00_core.ipynb #774df77c
+def read_checkpoint(path: str | os.PathLike, what: str) -> dict:
+    "The dict in a `torch.save` file, read with weights_only=True (no code is unpickled); a Lightning 'state_dict' is unwrapped."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} checkpoint at {path}; msg_edu never downloads weights: pass the path of the "
+                                f"file you downloaded.")
+    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} is not a {what} checkpoint that torch.load(weights_only=True) can read ({first}). msg_edu never "
+            f"unpickles code. If you trust the file, extract its tensors once: python -c \"import torch; c = torch.load("
+            f"'{path}', map_location='cpu', weights_only=False); torch.save(c.get('state_dict', c), 'state_dict.pt')\" "
+            f"and pass state_dict.pt instead.") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict): obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict (names -> tensors) of a {what}.")
+    return obj
+
+def checkpoint_kind(state: dict) -> str:
+    "What a state dict holds, for the error that names a wrong file: a U-Net, an autoencoder, a HiFi-GAN vocoder."
+    keys = [k for k in state if isinstance(k, str)]
+    def has(name): return any(k.startswith(name) or "." + name in k for k in keys)
+    if has("input_blocks.0.0.weight"): return "a U-Net"
+    if has("encoder.conv_in."): return "an autoencoder (VAE)"
+    if has("conv_pre."): return "a HiFi-GAN vocoder"
+    return f"no model that msg_edu knows (first keys {sorted(keys)[:4]})"
 
 # %% ../nbs/00_core.ipynb #b2435c00
 def n_params(model: nn.Module, trainable_only: bool = False) -> int:

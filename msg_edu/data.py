@@ -363,9 +363,9 @@ class TripletDataset(torch.utils.data.Dataset):
         if k is None:  # draw among the classes that are not silent in *this* window
             loud = [j for j in range(len(classes)) if not is_silent(stems[j])] or self.present[si] or [0]
             k = loud[int(torch.randint(len(loud), ()))]
-        mix = stems.sum(0, keepdim=True).clamp(-1, 1)
         source = stems[k: k + 1]
-        return {"mix": mix, "submix": mix - source, "source": source, "label": classes[k],
+        submix = torch.cat([stems[:k], stems[k + 1:]]).sum(0, keepdim=True)     # the other classes (MGE-LDM's code)
+        return {"mix": stems.sum(0, keepdim=True), "submix": submix, "source": source, "label": classes[k],
                 "label_id": self.labels.index(classes[k]), "track": item["track"], "start": item["start"]}
 
 # %% ../nbs/03b_data.ipynb #9ebc37db

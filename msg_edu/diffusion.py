@@ -66,11 +66,15 @@ class Schedule:
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         return (lo + hi) / 2
 
-    def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
-        "The sampling grid: `steps + 1` times from 1 (noise) down to 0, evenly spaced in t or in log-SNR ('logsnr')."
+    def timesteps(self, steps: int, spacing: str = "uniform", t_end: float = 0.0) -> torch.Tensor:
+        "The sampling grid: `steps + 1` times from 1 (noise) down to 0, evenly spaced in t (ending at `t_end`, then 0) or in log-SNR."
         steps = check_int(steps, "steps", min_value=1)
-        if spacing == "uniform": return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        if not (isinstance(t_end, (int, float)) and 0 <= t_end < 1): raise ValueError(f"t_end must be in [0, 1), got {t_end!r}.")
+        if spacing == "uniform":   # t_end > 0 (MGE-LDM): the last model call is at t_end and its x0 estimate is the sample
+            if t_end == 0: return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+            return torch.cat([torch.linspace(1.0, t_end, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
         if spacing != "logsnr": raise ValueError(f"unknown spacing {spacing!r}; choose 'uniform' or 'logsnr'.")
+        if t_end: raise ValueError("t_end applies to the 'uniform' grid; the 'logsnr' grid ends where LOG_SNR_RANGE says.")
         lam_lo = max(float(self.log_snr(torch.tensor(1.0, dtype=torch.float64))), LOG_SNR_RANGE[0])
         t = self.t_from_log_snr(torch.linspace(lam_lo, LOG_SNR_RANGE[1], steps, dtype=torch.float64))
         t[0] = 1.0    # start from pure noise; the last step goes from sigma/alpha = 0.01 to the data
@@ -234,14 +238,14 @@ def _rand(shape, generator, device):
 
 def sample_timesteps(batch: int, n_tracks: int, pattern: str = "shared", *, t_min: float = 0.02, p_known: float = 0.75,
                      generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    "Training times t (B, S): one t ~ U[t_min, 1] per sample, then some tracks observed (t = 0) as `pattern` says."
+    "Training times t (B, S): one t ~ U[0, 1] clamped at t_min per sample, then some tracks observed (t = 0) as `pattern` says."
     batch, n_tracks = check_int(batch, "batch", min_value=1), check_int(n_tracks, "n_tracks", min_value=1)
     if pattern not in T_PATTERNS: raise ValueError(f"unknown timestep pattern {pattern!r}; choose one of {T_PATTERNS}.")
     if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < 1:
         raise ValueError(f"`t_min` must be in [0, 1), got {t_min!r}.")
     p_known = _check_p(p_known, "p_known")
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
-    t = (t_min + (1 - t_min) * _rand((batch, 1), generator, device)).expand(batch, n_tracks).contiguous()
+    t = _rand((batch, 1), generator, device).clamp(min=t_min).expand(batch, n_tracks).contiguous()   # MGE-LDM's clamp
     if pattern == "shared": return t
     if n_tracks < 2: raise ValueError(f"pattern {pattern!r} observes some tracks and needs n_tracks >= 2, got {n_tracks}.")
     some = (_rand((batch,), generator, device) < p_known).long()
@@ -448,7 +452,7 @@ def repaint_path(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> 
     return path
 
 def _run(step, model, x_T, schedule, steps, *, cond, known, known_mask, conditioning, jump_length, jump_n_sample,
-         spacing, callback, generator):
+         spacing, callback, generator, t_end=0.0):
     "The loop every sampler shares: known tracks, model calls, RePaint jumps; `step` does one update."
     prediction = get_prediction(model)
     x = check_tensor(x_T, "x_T", min_ndim=2)
@@ -465,7 +469,7 @@ def _run(step, model, x_T, schedule, steps, *, cond, known, known_mask, conditio
                          "needs none, since known tracks are clean at t = 0 from the first step.")
     if jump_n_sample > 1 and jump_length == 0: raise ValueError("jump_n_sample > 1 needs jump_length >= 1.")
     known, mask = _check_known(known, known_mask, x)
-    grid = schedule.timesteps(steps, spacing).flip(0)    # grid[k]: the time after k steps remain (path indices count down)
+    grid = schedule.timesteps(steps, spacing, t_end).flip(0)    # grid[k]: the time after k steps remain (path indices count down)
     alpha, sigma = schedule.alpha_sigma(grid)
     if prediction == "eps" and float(alpha[-1]) < 1e-6:
         raise ValueError(f"an eps-predicting model cannot start where alpha = 0 ({schedule!r} at t = 1): "
@@ -536,15 +540,15 @@ def _dpmpp_2m_step(x, x0, eps, i, j, g, state, generator):
 
 def ddpm_sample(model, x_T, schedule: Schedule, steps: int = 1000, *, cond=None, known=None, known_mask=None,
                 conditioning: str = "tdpaint", jump_length: int = 0, jump_n_sample: int = 1, spacing: str = "uniform",
-                callback: Callable | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                t_end: float = 0.0, callback: Callable | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     "Ancestral DDPM: at each of `steps` steps draw x_t from the posterior q(x_t | x_s, x0_hat)."
     return _run(_ddpm_step, model, x_T, schedule, steps, cond=cond, known=known, known_mask=known_mask,
                 conditioning=conditioning, jump_length=jump_length, jump_n_sample=jump_n_sample, spacing=spacing,
-                callback=callback, generator=generator)
+                t_end=t_end, callback=callback, generator=generator)
 
 def ddim_sample(model, x_T, schedule: Schedule, steps: int = 50, *, eta: float = 0.0, cond=None, known=None,
                 known_mask=None, conditioning: str = "tdpaint", jump_length: int = 0, jump_n_sample: int = 1,
-                spacing: str = "uniform", callback: Callable | None = None,
+                spacing: str = "uniform", t_end: float = 0.0, callback: Callable | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     "DDIM: deterministic for eta = 0, DDPM's posterior noise for eta = 1 (MSG-LD: 200 steps, eta = 1)."
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta >= 0):
@@ -552,15 +556,15 @@ def ddim_sample(model, x_T, schedule: Schedule, steps: int = 50, *, eta: float =
     step = lambda *args: _ddim_step(*args, eta=float(eta))
     return _run(step, model, x_T, schedule, steps, cond=cond, known=known, known_mask=known_mask,
                 conditioning=conditioning, jump_length=jump_length, jump_n_sample=jump_n_sample, spacing=spacing,
-                callback=callback, generator=generator)
+                t_end=t_end, callback=callback, generator=generator)
 
 def dpmpp_2m_sample(model, x_T, schedule: Schedule, steps: int = 20, *, cond=None, known=None, known_mask=None,
                     conditioning: str = "tdpaint", jump_length: int = 0, jump_n_sample: int = 1, spacing: str = "uniform",
-                    callback: Callable | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                    t_end: float = 0.0, callback: Callable | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     "DPM-Solver++(2M): second-order multistep solver of the probability-flow ODE, one model call per step."
     return _run(_dpmpp_2m_step, model, x_T, schedule, steps, cond=cond, known=known, known_mask=known_mask,
                 conditioning=conditioning, jump_length=jump_length, jump_n_sample=jump_n_sample, spacing=spacing,
-                callback=callback, generator=generator)
+                t_end=t_end, callback=callback, generator=generator)
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample}
 
@@ -625,6 +629,7 @@ class DiffusionConfig(Config):
     steps: int = 50
     eta: float = 0.0                # DDIM only
     spacing: str = "uniform"        # 'uniform' in t (the papers) | 'logsnr'
+    t_end: float = 0.0              # the last model call's t; its x0 estimate is the sample (MGE-LDM's code: 0.02)
     guidance_w: float = 1.0
     conditioning: str = "tdpaint"   # how known tracks are imposed: 'tdpaint' | 'replace'
     presets: ClassVar[dict] = {
@@ -640,6 +645,7 @@ class DiffusionConfig(Config):
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r} is not one of {allowed}.")
         check_int(self.steps, "steps", min_value=1)
         if not 0 <= self.t_min < 1: raise ValueError(f"t_min must be in [0, 1), got {self.t_min}.")
+        if not 0 <= self.t_end < 1: raise ValueError(f"t_end must be in [0, 1), got {self.t_end}.")
         for k in ("p_known", "p_drop_mix", "p_drop_labels"): _check_p(getattr(self, k), k)
         if not (math.isfinite(self.eta) and self.eta >= 0): raise ValueError(f"eta must be a finite number >= 0, got {self.eta}.")
         if not math.isfinite(self.guidance_w): raise ValueError(f"guidance_w must be finite, got {self.guidance_w}.")
@@ -666,4 +672,4 @@ class DiffusionConfig(Config):
         kw = dict(eta=self.eta) if self.sampler == "ddim" else {}
         return get_sampler(self.sampler)(guided(model, w), x_T, schedule or self.build_schedule(), steps or self.steps,
                                          cond=cond, known=known, known_mask=known_mask, conditioning=self.conditioning,
-                                         spacing=self.spacing, callback=callback, generator=generator, **kw)
+                                         spacing=self.spacing, t_end=self.t_end, callback=callback, generator=generator, **kw)

@@ -23,10 +23,10 @@ from .core import Config, Pretrained, atomic_write, check_int, check_tensor, get
 from .data import CLASS_ALIASES, SLAKH_CLASSES, SlakhIndex, TripletDataset
 from .diffusion import Cond, DiffusionConfig
 from .mel import MelFrontend
-from .msgld import (LatentTraining, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, latents_path,
-                           load_or_encode, prepare_audio, start_run)
+from .msgld import (LatentTraining, by_segments, describe_folder, finish_run, fit_denoiser, fit_frames, last_loss,
+                           latent_frames, latents_path, load_or_encode, prepare_audio, restore_frames, start_run)
 from .unet import MultiTrackUNet, UNetConfig
-from .vae import AutoencoderKL, pad_frames
+from .vae import AutoencoderKL
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 
 # %% auto #0
@@ -101,7 +101,7 @@ class LabelEncoder(nn.Module):
 class TripletConfig(Config):
     "MGE-LDM's denoiser: a track-axis U-Net over (mix, submix, source) latents, per-track times, per-track labels."
     unet: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(layout="tracks", n_tracks=3, mix_cond=False,
-                                                                              label_dim=32, prediction="v"))
+                                                                              label_dim=32, film=True, prediction="v"))
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     presets: ClassVar[dict] = {}
 
@@ -110,7 +110,7 @@ class TripletConfig(Config):
         from msg_edu.core import default_preset
         name = name or default_preset()
         label = LabelConfig.preset(name, **overrides.pop("label", {}))
-        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond=False, label_dim=label.dim,
+        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond=False, label_dim=label.dim, film=True,
                                                  prediction="v"), **overrides.pop("unet", {})})
         return cls(unet=unet, label=label, **overrides)
 
@@ -195,7 +195,9 @@ def mgeldm_loss(model: TripletDenoiser, batch: dict, diffusion: DiffusionConfig)
 
 # %% ../nbs/11_mgeldm.ipynb #91ede813
 MGE_DIFFUSION = dict(schedule="cosine", prediction="v", t_min=0.02, t_pattern="mge", p_known=0.75, p_drop_mix=0.0,
-                     p_drop_labels=0.1, conditioning="tdpaint")   # the paper's: cosine/v, tau ~ U[0.02, 1], one track at 0 w.p. 0.75
+                     p_drop_labels=0.1, conditioning="tdpaint", eta=0.0, t_end=0.02)
+# the paper's: cosine/v, tau ~ U[0, 1] clamped at 0.02, one track at 0 w.p. 0.75, label dropout 0.1 per track;
+# its code's sampler: DDIM with eta = 0 on a grid from 1 down to 0.02, returning the last x0 estimate
 
 @dataclasses.dataclass
 class MGELDMTraining(LatentTraining):
@@ -209,13 +211,17 @@ class MGELDMTraining(LatentTraining):
         "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=16,
                     diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=20, p_drop_labels=0.2),
                     train=dict(lr=2e-3, steps=800, warmup=30, log_every=20, valid_every=200, save_every=200, ema_decay=0.99)),
-        "slakh": dict(segment_seconds=10.24, hop_seconds=5.12, batch_size=64,
-                      diffusion=dict(MGE_DIFFUSION, sampler="ddim", steps=250, guidance_w=2.0),
+        "slakh": dict(segment_seconds=12.8, hop_seconds=6.4, batch_size=64, model=dict(unet=dict(model_channels=192)),
+                      diffusion=dict(MGE_DIFFUSION, sampler="ddim", steps=250, guidance_w=2.0, p_drop_labels=0.4),
                       train=dict(lr=5e-5, steps=200_000, warmup=0, schedule="constant", weight_decay=1e-3, grad_clip=1.0,
                                  ema_decay=0.9999, log_every=100, valid_every=5000, save_every=5000))}
 
     @property
     def denoiser(self) -> UNetConfig: return self.model.unet
+
+    def validate(self):
+        super().validate()
+        if self.sample_posterior: raise ValueError("MGE-LDM's triplet latents are posterior means; sample_posterior is MSG-LD's.")
 
 # %% ../nbs/11_mgeldm.ipynb #c43f86ef
 MGELDM_FORMAT = "msg_edu.mgeldm/1"
@@ -248,7 +254,7 @@ class MGELDM(nn.Module):
     @torch.no_grad()
     def encode(self, waves) -> tuple[torch.Tensor, int]:
         mel = self.front(waves.to(self.device))
-        return self.vae.encode_latent(pad_frames(mel, self.multiple)), mel.shape[-2]
+        return self.vae.encode_latent(fit_frames(mel, self.multiple)), mel.shape[-2]
 
     @torch.no_grad()
     def sample(self, shape, label, *, known=None, known_mask=None, guidance_w: float | None = None, sampler: str | None = None,
@@ -262,7 +268,7 @@ class MGELDM(nn.Module):
 
     def _frames(self, n_samples: int) -> tuple[int, tuple]:
         frames = self.front.config.n_frames(n_samples)
-        T, d = -(-frames // self.multiple) * self.multiple, self.vae.config.down
+        T, d = latent_frames(frames, self.multiple), self.vae.config.down
         return frames, (self.vae.config.z_channels, T // d, self.vae.config.n_mels // d)
 
     def to_wave(self, mels, n_samples: int) -> torch.Tensor:
@@ -276,7 +282,7 @@ class MGELDM(nn.Module):
         n_samples = int((seconds or self.segment_seconds) * self.sr)
         frames, zshape = self._frames(n_samples)
         z = self.sample((n, 3, *zshape), label, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=generator)
-        mels = self.vae.decode_latent(z)[..., :frames, :]
+        mels = restore_frames(self.vae.decode_latent(z), frames)
         waves = self.to_wave(mels, n_samples)
         return {"mix": waves[:, 0], "submix": waves[:, 1], "source": waves[:, 2], "mels": mels}
 
@@ -289,7 +295,7 @@ class MGELDM(nn.Module):
         known = torch.cat([z_mix, torch.zeros_like(z_mix), torch.zeros_like(z_mix)], 1)
         z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([True, False, False], device=self.device), guidance_w=guidance_w,
                         sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
-        mels = self.vae.decode_latent(z[:, 1:])[..., :frames, :]                  # (B, 2, T, F): submix, source
+        mels = restore_frames(self.vae.decode_latent(z[:, 1:]), frames)                  # (B, 2, T, F): submix, source
         parts = mixture_consistent(mels, wave)                                      # they sum to the mixture
         return {"source": parts[:, 1], "submix": parts[:, 0], "mels": mels, "notes": notes}
 
@@ -306,7 +312,7 @@ class MGELDM(nn.Module):
         known = torch.cat([torch.zeros_like(z_sub), z_sub, torch.zeros_like(z_sub)], 1)
         z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([False, True, False], device=self.device), guidance_w=guidance_w,
                         sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
-        mels = self.vae.decode_latent(z)[..., :frames, :]
+        mels = restore_frames(self.vae.decode_latent(z), frames)
         source = self.to_wave(mels[:, 2], n)
         return {"source": source, "mix": (wave[:, 0] + source).clamp(-1, 1), "mels": mels, "notes": notes}
 
@@ -387,17 +393,18 @@ def _triplets(vae, data, split: str, recipe: MGELDMTraining, out: Path, cache_di
     ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
                         recipe.hop_seconds or None, mode="all")
     multiple = vae.config.down * recipe.model.unet.down
-    lat = load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), TripletLatents,
-                         lambda: encode_triplets(vae, ds, multiple, device=device))
-    lat.crop = recipe.crop_frames if split == "train" else 0
-    return lat
+    return load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), TripletLatents,
+                          lambda: encode_triplets(vae, ds, multiple, device=device))
 
 def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, resume: bool = False, device=None,
                  progress: bool = True, cache_dir=None, seed: int = 0, cbs=()):
     "Train MGE-LDM on a Slakh-layout dataset: the VAE (unless `vae` names one), then the triplet denoiser; pipeline to out/model."
     recipe, out, vae_model = start_run(recipe, MGELDMTraining, data, out, "model_run", resume=resume, vae=vae, device=device,
                                        progress=progress, cache_dir=cache_dir, seed=seed)
-    lat = {split: _triplets(vae_model, data, split, recipe, out, cache_dir, device) for split in ("train", "validation")}
+    train = [_triplets(vae_model, data, s, recipe, out, cache_dir, device) for s in recipe.train_splits]
+    tracks = train[0].tracks if len(train) == 1 else torch.cat([t.tracks for t in train])
+    lat = {"train": TripletLatents(tracks, [l for t in train for l in t.labels], recipe.crop_frames),
+           "validation": _triplets(vae_model, data, "validation", recipe, out, cache_dir, device)}
     model = TripletDenoiser(recipe.model)
     learn = fit_denoiser(model, lat, partial(mgeldm_loss, diffusion=recipe.diffusion), recipe, out/"model_run", resume=resume,
                          device=device, progress=progress, seed=seed, cbs=cbs)

@@ -20,31 +20,37 @@ import torch
 from torch import nn
 
 from .audio import resample
-from .core import Recipe, atomic_write, check_int, check_tensor, fmt_count, get_device, load_config, n_params, seed_everything
+from .core import (Recipe, atomic_write, check_int, check_tensor, fmt_count, get_device, load_config, n_params,
+                          read_checkpoint, seed_everything)
 from .data import MSDM_STEMS, DataError, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
 from .diffusion import Cond, DiffusionConfig
 from .learner import Learner, TrainConfig, check_run_folder, has_checkpoint, make_loader
 from .mel import MelFrontend
 from .metrics import ChunkedSISDRi, msdm_si_sdri
-from .unet import MultiTrackUNet, UNetConfig
-from .vae import AutoencoderKL, VAETraining, pad_frames, train_vae
-from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
+from .unet import MultiTrackUNet, UNetConfig, from_ldm_state_dict
+from .vae import AutoencoderKL, VAETraining, from_musicldm_state_dict, pad_frames, train_vae
+from .vocoder import GriffinLimVocoder, HiFiGAN, generator_weights, load_public, mixture_consistent
 
 # %% auto #0
-__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'LatentTraining', 'MSGLDTraining', 'msgld_loss', 'prepare_audio',
-           'by_segments', 'describe_folder', 'Separation', 'MSGLD', 'separate_file', 'generate_files', 'latents_path',
-           'load_or_encode', 'stage_one_vae', 'fit_denoiser', 'last_loss', 'start_run', 'finish_run', 'train_msgld',
-           'dry_run', 'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
+__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'LatentTraining', 'MSGLDTraining', 'msgld_loss', 'latent_frames',
+           'fit_frames', 'restore_frames', 'prepare_audio', 'by_segments', 'describe_folder', 'Separation', 'MSGLD',
+           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser',
+           'last_loss', 'scale_from_first_batch', 'start_run', 'finish_run', 'train_msgld', 'dry_run',
+           'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
-    "VAE latents of segments: stems (N, S, C, T', F') and mixtures (N, 1, C, T', F'); random crops of `crop` frames."
-    def __init__(self, stems: torch.Tensor, mix: torch.Tensor, crop: int = 0, names: list[str] | None = None):
+    "VAE latents of segments: stems (N, S, C, T', F') and mixtures (N, 1, C, T', F'), random crops; posterior samples when stds are kept."
+    def __init__(self, stems: torch.Tensor, mix: torch.Tensor, crop: int = 0, names: list[str] | None = None,
+                 stems_std: torch.Tensor | None = None, mix_std: torch.Tensor | None = None):
         stems, mix = check_tensor(stems, "stems", ndim=5), check_tensor(mix, "mix", ndim=5)
         if stems.shape[0] != mix.shape[0] or mix.shape[1] != 1 or stems.shape[2:] != mix.shape[2:]:
             raise ValueError(f"stems (N, S, C, T, F) and mix (N, 1, C, T, F) latents of the same segments expected, got "
                              f"{tuple(stems.shape)} and {tuple(mix.shape)}.")
-        self.stems, self.mix, self.names = stems, mix, list(names or [])
+        if (stems_std is None) != (mix_std is None) or (stems_std is not None and (stems_std.shape != stems.shape
+                                                                                 or mix_std.shape != mix.shape)):
+            raise ValueError("posterior stds must be given for both stems and mix, shaped like them, or for neither.")
+        self.stems, self.mix, self.names, self.stems_std, self.mix_std = stems, mix, list(names or []), stems_std, mix_std
         self.crop = check_int(crop, "crop", min_value=0)
         if self.crop > stems.shape[-2]:
             raise ValueError(f"crop={crop} latent frames is longer than the segments' {stems.shape[-2]}; use a smaller "
@@ -53,19 +59,33 @@ class LatentSegments(torch.utils.data.Dataset):
     def __len__(self): return self.stems.shape[0]
 
     def __getitem__(self, i: int) -> dict:
-        s, m = self.stems[i], self.mix[i]
-        if self.crop and self.crop < s.shape[-2]:
-            a = int(torch.randint(0, s.shape[-2] - self.crop + 1, ()))
-            s, m = s[..., a: a + self.crop, :], m[..., a: a + self.crop, :]
+        parts = [self.stems[i], self.mix[i]] + ([self.stems_std[i], self.mix_std[i]] if self.stems_std is not None else [])
+        if self.crop and self.crop < parts[0].shape[-2]:
+            a = int(torch.randint(0, parts[0].shape[-2] - self.crop + 1, ()))
+            parts = [p[..., a: a + self.crop, :] for p in parts]
+        s, m = parts[:2]
+        if self.stems_std is not None:   # a fresh posterior sample z = mean + std * eps, as LDM draws one per batch
+            s, m = s + parts[2] * torch.randn_like(s), m + parts[3] * torch.randn_like(m)
         return {"stems": s, "mix": m}
+
+    def _tensors(self) -> dict:
+        t = {"stems": self.stems, "mix": self.mix}
+        return t | ({"stems_std": self.stems_std, "mix_std": self.mix_std} if self.stems_std is not None else {})
+
+    @classmethod
+    def cat(cls, parts: list[LatentSegments], crop: int = 0) -> LatentSegments:
+        "The segments of several sets (e.g. train and validation) as one."
+        keys = set(parts[0]._tensors())
+        if any(set(p._tensors()) != keys for p in parts): raise ValueError("cannot join latents with and without posterior stds.")
+        tensors = {k: torch.cat([p._tensors()[k] for p in parts]) if len(parts) > 1 else parts[0]._tensors()[k] for k in keys}
+        return cls(**tensors, crop=crop, names=[n for p in parts for n in p.names])
 
     def save(self, path) -> Path:
         "Write the latents to one safetensors file, atomically."
         from safetensors.torch import save_file
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, mode=None) as tmp:
-            save_file({"stems": self.stems.contiguous(), "mix": self.mix.contiguous()}, str(tmp),
-                      metadata={"names": json.dumps(self.names)})
+            save_file({k: v.contiguous() for k, v in self._tensors().items()}, str(tmp), metadata={"names": json.dumps(self.names)})
         return Path(path)
 
     @classmethod
@@ -74,25 +94,29 @@ class LatentSegments(torch.utils.data.Dataset):
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             names = json.loads((f.metadata() or {}).get("names", "[]"))
-            return cls(f.get_tensor("stems"), f.get_tensor("mix"), crop, names)
+            return cls(**{k: f.get_tensor(k) for k in f.keys()}, crop=crop, names=names)
 
+# %% ../nbs/10_msgld.ipynb #e5c0d1a2
 @torch.no_grad()
-def encode_segments(vae: AutoencoderKL, ds: StemsDataset, multiple: int, batch_size: int = 16, device=None) -> LatentSegments:
-    "Scaled VAE latents of every segment of `ds`: its mels trimmed to a multiple of `multiple` frames, then encoded."
+def encode_segments(vae: AutoencoderKL, ds: StemsDataset, multiple: int, batch_size: int = 16, device=None,
+                    posterior: bool = False) -> LatentSegments:
+    "Scaled VAE latents of every segment of `ds` (mels trimmed to a multiple of `multiple` frames): posterior means, and stds if `posterior`."
     if not isinstance(vae, AutoencoderKL): raise TypeError(f"vae must be an AutoencoderKL, got {type(vae).__name__}.")
     multiple = check_int(multiple, "multiple", min_value=1)
     device = get_device(device)
     front, vae = MelFrontend().to(device), vae.to(device).eval()
-    stems, mix, names = [], [], []
+    out, names = {"mean": [], "std": []}, []
     for a in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(a, min(a + batch_size, len(ds)))]
         mel = front(torch.stack([torch.cat([it["stems"], it["mix"]]) for it in items]).to(device))  # (b, S + 1, T, F)
         if mel.shape[-2] < multiple:
             raise ValueError(f"segments of {mel.shape[-2]} mel frames are shorter than {multiple}; use longer segments.")
-        z = vae.encode_latent(mel[..., : mel.shape[-2] // multiple * multiple, :])                    # (b, S + 1, C, T', F')
-        stems.append(z[:, :-1].cpu()); mix.append(z[:, -1:].cpu())
+        post = vae.encode(mel[..., : mel.shape[-2] // multiple * multiple, :])                       # (b, S + 1, C, T', F')
+        out["mean"].append((post.mean * vae.scale_factor).cpu()); out["std"].append((post.std * vae.scale_factor).cpu())
         names += [f"{it['track']}@{it['start']}" for it in items]
-    return LatentSegments(torch.cat(stems), torch.cat(mix), names=names)
+    mean, std = torch.cat(out["mean"]), torch.cat(out["std"])
+    stds = dict(stems_std=std[:, :-1], mix_std=std[:, -1:]) if posterior else {}
+    return LatentSegments(mean[:, :-1], mean[:, -1:], names=names, **stds)
 
 # %% ../nbs/10_msgld.ipynb #150b81ca
 @dataclasses.dataclass
@@ -105,6 +129,8 @@ class LatentTraining(Recipe):
     hop_seconds: float = 0.0          # between segment starts; 0 = segment_seconds
     crop_frames: int = 0              # random crops of this many *latent* frames in training; 0 = whole segments
     batch_size: int = 3
+    train_splits: tuple[str, ...] = ("train",)   # what the model trains on (MSG-LD's authors: train + validation)
+    sample_posterior: bool = False    # LDM: a fresh posterior sample per example, scaled by 1/std of the first batch's samples
     presets: ClassVar[dict] = {}
 
     @property
@@ -114,6 +140,8 @@ class LatentTraining(Recipe):
 
     def validate(self):
         check_int(self.batch_size, "batch_size", min_value=1); check_int(self.crop_frames, "crop_frames", min_value=0)
+        if not self.train_splits or not all(isinstance(s, str) for s in self.train_splits):
+            raise ValueError(f"train_splits must name one or more splits, e.g. ('train',), got {self.train_splits!r}.")
         net = self.denoiser
         if net.prediction != self.diffusion.prediction:
             raise ValueError(f"the denoiser predicts {net.prediction!r} but the diffusion trains {self.diffusion.prediction!r}; "
@@ -138,8 +166,9 @@ class MSGLDTraining(LatentTraining):
                     diffusion=dict(sampler="dpmpp_2m", steps=20, p_drop_mix=0.2),
                     train=dict(lr=2e-3, steps=400, warmup=30, log_every=20, valid_every=100, save_every=100,
                                ema_decay=0.99)),
-        "slakh": dict(segment_seconds=10.24, hop_seconds=5.12, batch_size=3,
-                      train=dict(lr=3e-5, steps=500_000, warmup=0, schedule="constant", weight_decay=0.01, grad_clip=0.0,
+        "slakh": dict(segment_seconds=10.24, hop_seconds=5.12, batch_size=3, train_splits=("train", "validation"),
+                      sample_posterior=True,
+                      train=dict(lr=3e-5, steps=500_000, warmup=1000, schedule="constant", weight_decay=0.01, grad_clip=0.0,
                                  ema_decay=0.9999, precision="fp32", log_every=100, valid_every=5000, save_every=5000))}
 
     @property
@@ -155,6 +184,21 @@ class MSGLDTraining(LatentTraining):
 def msgld_loss(unet: MultiTrackUNet, batch: dict, diffusion: DiffusionConfig) -> torch.Tensor:
     "MSG-LD's objective on a batch of latents {'stems', 'mix'}: shared t, CFG dropout of the mixture, diffusion loss."
     return diffusion.training_loss(unet, batch["stems"], Cond(mix=batch["mix"]))
+
+# %% ../nbs/10_msgld.ipynb #f030b4a4
+def latent_frames(frames: int, multiple: int) -> int:
+    "Mel frames the model sees for `frames`: the centred STFT's extra frame dropped (1025 -> 1024), else padded to a multiple."
+    return frames - 1 if frames % multiple == 1 and frames > 1 else -(-frames // multiple) * multiple
+
+def fit_frames(mel: torch.Tensor, multiple: int) -> torch.Tensor:
+    "Mels (..., T, F) cut or padded (with silence) to `latent_frames(T, multiple)` frames."
+    T = latent_frames(mel.shape[-2], multiple)
+    return mel[..., :T, :] if T <= mel.shape[-2] else pad_frames(mel, multiple)
+
+def restore_frames(mel: torch.Tensor, frames: int) -> torch.Tensor:
+    "Decoded mels (..., T', F) back to `frames` frames: trimmed, or the last frame repeated (the one `fit_frames` dropped)."
+    if mel.shape[-2] >= frames: return mel[..., :frames, :]
+    return torch.cat([mel, mel[..., -1:, :].expand(*mel.shape[:-2], frames - mel.shape[-2], mel.shape[-1])], -2)
 
 # %% ../nbs/10_msgld.ipynb #e579aea5
 MSGLD_FORMAT = "msg_edu.msgld/1"
@@ -250,15 +294,15 @@ class MSGLD(nn.Module):
 
     @torch.no_grad()
     def encode(self, waves: torch.Tensor) -> tuple[torch.Tensor, int]:
-        "Waves (B, S, N) -> scaled latents (B, S, C, T', F') of their mels padded with silence; also the mel frames."
+        "Waves (B, S, N) -> scaled latents (B, S, C, T', F') of their mels fitted to the latent grid; also the mel frames."
         mel = self.front(waves.to(self.device))
-        return self.vae.encode_latent(pad_frames(mel, self.multiple)), mel.shape[-2]
+        return self.vae.encode_latent(fit_frames(mel, self.multiple)), mel.shape[-2]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        "Latents (B, S, C, T', F') -> log-mels (B, S, T, F), trimmed to `frames`."
+        "Latents (B, S, C, T', F') -> log-mels (B, S, T, F), brought back to `frames` frames."
         mel = self.vae.decode_latent(latents)
-        return mel if frames is None else mel[..., :frames, :]
+        return mel if frames is None else restore_frames(mel, frames)
 
     def to_wave(self, mels: torch.Tensor, n_samples: int) -> torch.Tensor:
         "Log-mels (B, S, T, F) -> waves (B, S, N) with the vocoder (Griffin-Lim when the pipeline has none)."
@@ -292,7 +336,7 @@ class MSGLD(nn.Module):
         if not (isinstance(seconds, (int, float)) and seconds >= 0.25): raise ValueError(f"seconds must be >= 0.25, got {seconds!r}.")
         n_samples = int(seconds * self.sr)
         frames = self.front.config.n_frames(n_samples)
-        T, d = -(-frames // self.multiple) * self.multiple, self.vae.config.down
+        T, d = latent_frames(frames, self.multiple), self.vae.config.down
         shape = (n, len(self.stems), self.vae.config.z_channels, T // d, self.vae.config.n_mels // d)
         zeros = torch.zeros(n, 1, *shape[2:], device=self.device)
         z = self._diffusion(sampler).sample(self.unet, self._noise(shape, generator), cond=Cond(mix=zeros),
@@ -361,6 +405,29 @@ class MSGLD(nn.Module):
         return cls(vae, unet, DiffusionConfig.from_dict(meta["diffusion"]), tuple(meta["stems"]), vocoder,
                    meta.get("segment_seconds", 10.24)).to(device)
 
+# %% ../nbs/10_msgld.ipynb #7d16b627
+def _from_released(cls, unet, vae=None, vocoder=None, *, weights: str = "auto", scale_factor: float | None = None,
+                   unet_config: UNetConfig | None = None, vae_config=None, device="cpu") -> MSGLD:
+    "MSG-LD with the authors' weights: U-Net checkpoint, MusicLDM's VAE and HiFi-GAN (paths or state dicts; see above)."
+    def read(x, what):
+        return (x, f"the {what} state dict") if isinstance(x, dict) else (read_checkpoint(x, what), str(x))
+    state, src = read(unet, "MSG-LD U-Net")
+    net = from_ldm_state_dict(state, unet_config, weights=weights, source=src)
+    vstate, vsrc = read(vae, "MusicLDM VAE") if vae is not None else (state, src)
+    vae_model = from_musicldm_state_dict(vstate, vae_config, source=vsrc)
+    if scale_factor is None:
+        if not isinstance(state.get("scale_factor"), torch.Tensor):
+            raise ValueError(f"{src} holds no scale_factor (LatentDiffusion saves it beside the U-Net); pass "
+                             f"scale_factor=1 / (std of the VAE's latents on your data), e.g. from AutoencoderKL.scale_by_std.")
+        scale_factor = float(state["scale_factor"])
+    vae_model.scale_factor.fill_(float(scale_factor))
+    bundled = [s for s in (vstate, state) if any(str(k).endswith(("conv_pre.weight", "conv_pre.weight_v")) for k in s)]
+    voc = (load_public(vocoder) if vocoder is not None else
+           load_public(generator_weights(bundled[0], vsrc)) if bundled else None)
+    return cls(vae_model, net, DiffusionConfig.preset("slakh"), MSDM_STEMS, voc, segment_seconds=10.24).to(device)
+
+MSGLD.from_released = classmethod(_from_released)
+
 # %% ../nbs/10_msgld.ipynb #60e65bde
 def separate_file(pipe: MSGLD, path, out, *, guidance_w: float = 1.0, sampler: str | None = None, steps: int | None = None,
                   seed: int = 0, reconstruct: str = "mixture", segment_seconds: float | None = None) -> dict:
@@ -411,8 +478,10 @@ def load_or_encode(path, cls, encode):
 
 def stage_one_vae(data, out, recipe: VAETraining, vae=None, *, device=None, progress: bool = True, cache_dir=None,
                   seed: int = 0) -> AutoencoderKL:
-    "A latent diffusion run's first stage: `vae` (a model or its folder), else one trained on `data` into out/vae (reused)."
+    "A latent diffusion run's first stage: `vae` (a model, its folder, or MusicLDM's vae-ckpt.ckpt), else one trained on `data` into out/vae."
     if isinstance(vae, AutoencoderKL): return vae
+    if vae is not None and Path(vae).is_file():           # the authors' frozen VAE
+        return from_musicldm_state_dict(read_checkpoint(vae, "MusicLDM VAE"), source=vae)
     if vae is None:
         vae = Path(out)/"vae"
         if not (vae/"model.safetensors").is_file():
@@ -434,15 +503,25 @@ def last_loss(learn: Learner) -> float:
     "The last training loss a Learner logged (NaN if none)."
     return next((h["loss"] for h in reversed(learn.history) if h.get("loss") is not None), float("nan"))
 
-def _latents(vae: AutoencoderKL, data, split: str, recipe: MSGLDTraining, out: Path, cache_dir, device) -> LatentSegments:
-    "The split's segment latents, encoded once and kept in out/latents."
+def _segments(data, split: str, recipe: MSGLDTraining, cache_dir) -> StemsDataset:
     index = SlakhIndex(data, split, stems=list(recipe.stems), missing="drop", cache_dir=cache_dir)
-    ds = StemsDataset(index, recipe.segment_seconds, recipe.hop_seconds or None)
-    multiple = vae.config.down * recipe.unet.down
-    lat = load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), LatentSegments,
-                         lambda: encode_segments(vae, ds, multiple, device=device))
-    lat.crop = recipe.crop_frames if split == "train" else 0
-    return lat
+    return StemsDataset(index, recipe.segment_seconds, recipe.hop_seconds or None)
+
+def _latents(vae: AutoencoderKL, data, split: str, recipe: MSGLDTraining, out: Path, cache_dir, device) -> LatentSegments:
+    "The split's segment latents (with posterior stds when the recipe samples them), encoded once and kept in out/latents."
+    ds, multiple = _segments(data, split, recipe, cache_dir), vae.config.down * recipe.unet.down
+    path = latents_path(out, split + ("_posterior" if recipe.sample_posterior else ""), recipe, len(ds), multiple, vae)
+    return load_or_encode(path, LatentSegments, lambda: encode_segments(vae, ds, multiple, device=device,
+                                                                        posterior=recipe.sample_posterior))
+
+@torch.no_grad()
+def scale_from_first_batch(vae: AutoencoderKL, ds: StemsDataset, batch_size: int, *, seed: int = 0, device=None) -> float:
+    "LDM's scale_by_std: 1 / std of the posterior *samples* of one shuffled training batch's stems and mixtures."
+    g = torch.Generator().manual_seed(seed)
+    items = [ds[int(i)] for i in torch.randperm(len(ds), generator=g)[:batch_size]]
+    mel = MelFrontend().to(get_device(device))(torch.stack([torch.cat([it["stems"], it["mix"]]) for it in items]).to(get_device(device)))
+    return vae.to(mel.device).scale_by_std(mel[..., : mel.shape[-2] // vae.config.down * vae.config.down, :], sample=True,
+                                           generator=torch.Generator(mel.device).manual_seed(seed))
 
 def start_run(recipe, cls, data, out, run: str, *, resume: bool, vae=None, device=None, progress: bool = True,
               cache_dir=None, seed: int = 0):
@@ -470,7 +549,11 @@ def train_msgld(data, out, recipe: str | MSGLDTraining = "toy", *, vae=None, res
                                        progress=progress, cache_dir=cache_dir, seed=seed)
     if vae_model.config.z_channels != recipe.unet.z_channels:
         raise ValueError(f"the VAE makes {vae_model.config.z_channels} latent channels, the recipe's U-Net expects {recipe.unet.z_channels}.")
-    lat = {split: _latents(vae_model, data, split, recipe, out, cache_dir, device) for split in ("train", "validation")}
+    if recipe.sample_posterior: scale_from_first_batch(vae_model, _segments(data, "train", recipe, cache_dir), recipe.batch_size,
+                                                       seed=seed, device=device)
+    lat = {"train": LatentSegments.cat([_latents(vae_model, data, s, recipe, out, cache_dir, device) for s in recipe.train_splits],
+                                       crop=recipe.crop_frames),
+           "validation": _latents(vae_model, data, "validation", recipe, out, cache_dir, device)}
     unet = MultiTrackUNet(recipe.unet)
     learn = fit_denoiser(unet, lat, partial(msgld_loss, diffusion=recipe.diffusion), recipe, out/"unet_run", resume=resume,
                          device=device, progress=progress, seed=seed, cbs=cbs)
@@ -516,39 +599,35 @@ def _activation_bytes(cfg: UNetConfig, frames: int) -> int:
 @torch.no_grad()
 def evaluate_separation(pipe: MSGLD, data, split: str = "test", *, guidance_w: float = 1.0, sampler: str | None = None,
                         steps: int | None = None, max_tracks: int | None = None, seed: int = 0, cache_dir=None,
-                        segment_seconds: float = 2.56) -> dict:
-    "Separate the tracks of `split` in segments, rejoin them, and score: Log-Mel L1 per stem (model and mixture), SI-SDRi."
+                        segment_seconds: float | None = None, batch_size: int = 8) -> dict:
+    "MSDM's protocol: whole tracks (missing stems zero-filled, mixture = unclipped sum) separated in the model's segments; Log-Mel L1 and SI-SDRi per stem."
     if not isinstance(pipe, MSGLD): raise TypeError(f"pipe must be an MSGLD, got {type(pipe).__name__}.")
-    index = SlakhIndex(data, split, stems=list(pipe.stems), missing="drop", cache_dir=cache_dir)
+    index = SlakhIndex(data, split, stems=list(pipe.stems), missing="zero", cache_dir=cache_dir)
     tracks = index.tracks[:max_tracks] if max_tracks else index.tracks
     g = torch.Generator(pipe.device).manual_seed(seed)
-    L = int(round(segment_seconds * pipe.sr))
-    l1, mix_l1, results, n_seg = [], [], [], 0
+    L, S = int(round((segment_seconds or pipe.segment_seconds) * pipe.sr)), len(pipe.stems)
+    def separate(segs):   # (K, 1, L) sounding segments -> (K, S, L), a few at a time
+        return torch.cat([pipe.separate(segs[a: a + batch_size], guidance_w=guidance_w, sampler=sampler, steps=steps,
+                                        generator=g).stems for a in range(0, len(segs), batch_size)])
+    l1, mix_l1, frames, results, n_seg, scored = torch.zeros(S), torch.zeros(S), 0, [], 0, 0
     for track in tracks:
-        stems = torch.from_numpy(np.stack([index.load(track, c) for c in index.classes]))      # (S, N)
-        n = stems.shape[-1] // L * L
-        if n == 0: continue
-        segs = stems[:, :n].reshape(len(pipe.stems), -1, L).transpose(0, 1)                    # (K, S, L)
-        mix = segs.sum(1, keepdim=True).clamp(-1, 1)
-        keep = ~torch.as_tensor(is_silent(mix[:, 0]))
-        if not bool(keep.all()): segs, mix = segs[keep], mix[keep]
-        if len(segs) == 0: continue
-        sep = pipe.separate(mix, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=g)
-        ref_mel, mix_mel = pipe.front(segs.to(pipe.device)), pipe.front(mix.to(pipe.device))
-        l1.append((sep.mels - ref_mel).abs().mean((-2, -1)).cpu()); mix_l1.append((mix_mel - ref_mel).abs().mean((-2, -1)).cpu())
-        est = sep.stems.cpu().transpose(0, 1).reshape(len(pipe.stems), -1)                     # rejoined (S, K * L)
-        ref, m = segs.transpose(0, 1).reshape(len(pipe.stems), -1), mix[:, 0].reshape(-1)
-        if ref.shape[-1] > 2 * pipe.sr:
+        stems = torch.from_numpy(np.stack([index.load(track, c) for c in index.classes]))      # (S, N), zeros where missing
+        mix = stems.sum(0)                                                                     # MSDM: not clipped
+        if stems.shape[-1] < pipe.sr // 4 or bool(is_silent(mix)): continue
+        est, _, k = by_segments(mix.to(pipe.device), L, separate, S)
+        ref_mel, est_mel, mix_mel = (pipe.front(x.to(pipe.device)).cpu() for x in (stems, est, mix[None]))
+        l1 += (est_mel - ref_mel).abs().mean(-1).sum(-1); mix_l1 += (mix_mel - ref_mel).abs().mean(-1).sum(-1)
+        frames, n_seg, scored = frames + ref_mel.shape[-2], n_seg + k, scored + 1
+        if stems.shape[-1] > 2 * pipe.sr:      # MSDM's 4 s chunks need a few seconds of audio
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                results.append(msdm_si_sdri(est, ref, m, sr=pipe.sr, stems=list(pipe.stems), song=track.name))
-        n_seg += len(segs)
-    if not l1: raise DataError(f"no segment of {segment_seconds} s to separate in {split} of {data}.")
-    l1, mix_l1 = torch.cat(l1).mean(0), torch.cat(mix_l1).mean(0)
+                results.append(msdm_si_sdri(est.cpu(), stems, mix, sr=pipe.sr, stems=list(pipe.stems), song=track.name))
+    if not scored: raise DataError(f"no sounding track to separate in {split} of {data}.")
     sdri = ChunkedSISDRi.combine(results).mean() if results else {s: float("nan") for s in (*pipe.stems, "All")}
-    return {"stems": list(pipe.stems), "log_mel_l1": dict(zip(pipe.stems, l1.tolist())),
-            "mix_log_mel_l1": dict(zip(pipe.stems, mix_l1.tolist())), "si_sdri": sdri, "segments": n_seg,
-            "tracks": len(tracks), "guidance_w": guidance_w}
+    return {"stems": list(pipe.stems), "log_mel_l1": dict(zip(pipe.stems, (l1 / frames).tolist())),
+            "mix_log_mel_l1": dict(zip(pipe.stems, (mix_l1 / frames).tolist())), "si_sdri": sdri, "segments": n_seg,
+            "tracks": scored, "zero_filled": index.counts.get("zero-filled (missing a requested stem)", 0),
+            "segment_seconds": L / pipe.sr, "guidance_w": guidance_w}
 
 def separation_table(report: dict) -> str:
     "A markdown table of an `evaluate_separation` report: one row per stem and the mean."

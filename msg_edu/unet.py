@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, Pretrained, check_int, check_tensor
+from .core import Config, Pretrained, check_int, check_state_dict, check_tensor, checkpoint_kind
 from .diffusion import Cond, check_prediction, check_track_t
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'conv_nd', 'zero_module', 'timestep_embedding', 'ResBlock', 'SelfAttention', 'TrackAttention', 'Downsample',
-           'Upsample', 'UNetConfig', 'MultiTrackUNet']
+__all__ = ['LAYOUTS', 'LDM_UNET', 'LDM_EMA', 'conv_nd', 'zero_module', 'timestep_embedding', 'ResBlock', 'SelfAttention',
+           'TrackAttention', 'Downsample', 'Upsample', 'UNetConfig', 'MultiTrackUNet', 'to_ldm_state_dict',
+           'from_ldm_state_dict']
 
 # %% ../nbs/07_unet.ipynb #bc1cb44b
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
@@ -43,20 +44,25 @@ def _norm(ch: int, groups: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(gr
 
 # %% ../nbs/07_unet.ipynb #ddf2d433
 class ResBlock(nn.Module):
-    "GroupNorm-SiLU-conv twice, with the timestep embedding as FiLM (scale and shift) on the second norm; a skip."
-    def __init__(self, dims: int, c_in: int, c_out: int, emb_dim: int, groups: int = 32, dropout: float = 0.0):
+    "LDM's ResBlock: GroupNorm-SiLU-conv twice and a skip; the timestep embedding added in between (or, ours, as FiLM)."
+    def __init__(self, dims: int, c_in: int, c_out: int, emb_dim: int, groups: int = 32, dropout: float = 0.0,
+                 film: bool = False):
         super().__init__()
+        self.film = film
         self.in_layers = nn.Sequential(_norm(c_in, groups), nn.SiLU(), conv_nd(dims, c_in, c_out, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
-        self.norm2 = _norm(c_out, groups)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero_module(conv_nd(dims, c_out, c_out, 3, padding=1)))
-        self.skip = nn.Identity() if c_in == c_out else conv_nd(dims, c_in, c_out, 1)
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out if film else c_out))
+        self.out_layers = nn.Sequential(_norm(c_out, groups), nn.SiLU(), nn.Dropout(dropout),
+                                        zero_module(conv_nd(dims, c_out, c_out, 3, padding=1)))
+        self.skip_connection = nn.Identity() if c_in == c_out else conv_nd(dims, c_in, c_out, 1)
 
     def forward(self, x, emb):  # x (N, C, *spatial), emb (N, emb_dim)
         h = self.in_layers(x)
-        scale, shift = self.emb(emb).reshape(*emb.shape[:1], -1, *([1] * (h.ndim - 2))).chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift                          # FiLM: norm(h) (1 + gamma(t)) + beta(t)
-        return self.skip(x) + self.out_layers(h)
+        e = self.emb_layers(emb).to(h.dtype).reshape(*emb.shape[:1], -1, *([1] * (h.ndim - 2)))
+        if self.film:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_layers[1:](self.out_layers[0](h) * (1 + scale) + shift)   # FiLM: GN(h) (1 + gamma(t)) + beta(t)
+        else: h = self.out_layers(h + e)                                          # LDM, MSG-LD: h + W emb(t)
+        return self.skip_connection(x) + h
 
 # %% ../nbs/07_unet.ipynb #cf549b93
 class SelfAttention(nn.Module):
@@ -65,14 +71,14 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = max(1, ch // head_channels)
         self.norm, self.qkv = _norm(ch, groups), nn.Conv1d(ch, 3 * ch, 1)
-        self.proj = zero_module(nn.Conv1d(ch, ch, 1))
+        self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
 
     def forward(self, x, emb=None):
         n, c, *sp = x.shape
-        qkv = self.qkv(self.norm(x).reshape(n, c, -1)).reshape(n, 3, self.heads, c // self.heads, -1)
-        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)  # (n, heads, L, d); the fused (flash) kernels need d contiguous
+        qkv = self.qkv(self.norm(x).reshape(n, c, -1)).reshape(n, self.heads, 3, c // self.heads, -1)  # per head: q, k, v
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(2)  # (n, heads, L, d); the fused (flash) kernels need d contiguous
         h = F.scaled_dot_product_attention(q, k, v)                    # softmax(q k^T / sqrt(d)) v, per head
-        return x + self.proj(h.transpose(-1, -2).reshape(n, c, -1)).reshape(x.shape)
+        return x + self.proj_out(h.transpose(-1, -2).reshape(n, c, -1)).reshape(x.shape)
 
 # %% ../nbs/07_unet.ipynb #4ed8fa14
 class TrackAttention(nn.Module):
@@ -94,8 +100,8 @@ class TrackAttention(nn.Module):
 class Downsample(nn.Module):
     "Stride-2 conv in time and frequency (depth kept in 3-D: MSG-LD's stride (1, 2, 2))."
     def __init__(self, dims: int, ch: int):
-        super().__init__(); self.conv = conv_nd(dims, ch, ch, 3, stride=(1, 2, 2) if dims == 3 else 2, padding=1)
-    def forward(self, x): return self.conv(x)
+        super().__init__(); self.op = conv_nd(dims, ch, ch, 3, stride=(1, 2, 2) if dims == 3 else 2, padding=1)
+    def forward(self, x): return self.op(x)
 
 class Upsample(nn.Module):
     "Nearest-neighbour x2 in time and frequency, then a 3x3(x3) conv."
@@ -113,7 +119,7 @@ class UNetConfig(Config):
     layout: str = "msgld"              # 'msgld' | 'tracks' | 'stacked'
     n_tracks: int = 4                  # stems (fixed for 'msgld' and 'stacked'; any number at run time for 'tracks')
     z_channels: int = 8                # VAE latent channels (MSG-LD's depth axis)
-    model_channels: int = 192
+    model_channels: int = 128          # MSG-LD's training config and released separation model (192: arrangement)
     channel_mult: tuple[int, ...] = (1, 2, 3, 5)
     num_res_blocks: int = 2
     attention_ds: tuple[int, ...] = (8, 4, 2)   # down-sampling factors with self-attention (and in the middle)
@@ -122,14 +128,17 @@ class UNetConfig(Config):
     dropout: float = 0.0
     mix_cond: bool = True              # the mixture latent added before every input and output block
     label_dim: int = 0                 # per-track label embedding size ('tracks' only; 0 = no labels)
-    t_scale: float = 1000.0            # t in [0, 1] is embedded as t * t_scale (LDM embeds step numbers 0..999)
+    film: bool = False                 # ours: the time (+ label) embedding as FiLM on the ResBlocks; MSG-LD adds it
+    t_scale: float = 1000.0            # t in [0, 1] is embedded as t * t_scale + t_offset:
+    t_offset: float = -1.0             # LDM's step index k = 1000 t - 1 (its step k is t = (k + 1) / 1000)
     prediction: str = "eps"
     presets: ClassVar[dict] = {
         "tiny": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), head_channels=8,
                      norm_groups=8, prediction="v"),
         "toy": dict(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(4,), head_channels=16,
                     norm_groups=8, prediction="v"),
-        "slakh": {}}
+        "slakh": {},
+        "slakh_arrange": dict(model_channels=192)}
 
     def validate(self):
         if self.layout not in LAYOUTS: raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
@@ -162,14 +171,14 @@ class MultiTrackUNet(nn.Module, Pretrained):
         track = cfg.layout == "tracks"
 
         def block(c_in, c_out, ds, up=False):
-            layers = [ResBlock(self.dims, c_in, c_out, emb, g, cfg.dropout)]
+            layers = [ResBlock(self.dims, c_in, c_out, emb, g, cfg.dropout, cfg.film)]
             if ds in cfg.attention_ds: layers.append(SelfAttention(c_out, cfg.head_channels, g))
             if track: layers.append(TrackAttention(c_out, cfg.head_channels))
             if up: layers.append(Upsample(self.dims, c_out))
             return nn.ModuleList(layers)
 
         self.input_blocks = nn.ModuleList([nn.ModuleList([conv_nd(self.dims, io, mc, 3, padding=1)])])
-        self.block_channels, self.block_ds = [io], [1]   # what enters each input block, then each output block
+        self.block_channels, self.block_ds = [io], [1]   # where the mixture is added: each input block, each output block
         skips, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -178,15 +187,17 @@ class MultiTrackUNet(nn.Module, Pretrained):
             if level < len(cfg.channel_mult) - 1:
                 self.block_channels.append(ch); self.block_ds.append(ds)
                 self.input_blocks.append(nn.ModuleList([Downsample(self.dims, ch)])); ds *= 2; skips.append(ch)
-        self.middle = nn.ModuleList([ResBlock(self.dims, ch, ch, emb, g, cfg.dropout), SelfAttention(ch, cfg.head_channels, g)]
-                                    + ([TrackAttention(ch, cfg.head_channels)] if track else [])
-                                    + [ResBlock(self.dims, ch, ch, emb, g, cfg.dropout)])
+        self.middle_block = nn.ModuleList([ResBlock(self.dims, ch, ch, emb, g, cfg.dropout, cfg.film),
+                                           SelfAttention(ch, cfg.head_channels, g)]
+                                          + ([TrackAttention(ch, cfg.head_channels)] if track else [])
+                                          + [ResBlock(self.dims, ch, ch, emb, g, cfg.dropout, cfg.film)])
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                self.block_channels.append(ch); self.block_ds.append(ds)
+                c_in = ch + skips.pop()                      # the skip is concatenated first, then the mixture added
+                self.block_channels.append(c_in); self.block_ds.append(ds)
                 up = level > 0 and i == cfg.num_res_blocks
-                self.output_blocks.append(block(ch + skips.pop(), mult * mc, ds, up)); ch = mult * mc
+                self.output_blocks.append(block(c_in, mult * mc, ds, up)); ch = mult * mc
                 if up: ds //= 2
         self.out = nn.Sequential(_norm(ch, g), nn.SiLU(), zero_module(conv_nd(self.dims, ch, io, 3, padding=1)))
         # MSG-LD adds the pooled mix latent as it is (a 1-channel volume broadcast over every channel); the 2-D layouts
@@ -248,17 +259,18 @@ class MultiTrackUNet(nn.Module, Pretrained):
         if cfg.layout == "msgld": h, tt = x_t, t[:, 0]                        # (B, S, C, T, F): stems = channels, C = depth
         elif cfg.layout == "stacked": h, tt = x_t.reshape(B, S * C, T, F_), t[:, 0]
         else: h, tt = x_t.reshape(B * S, C, T, F_), t.reshape(-1)              # tracks folded into the batch
-        emb = self.time_embed(timestep_embedding(tt * cfg.t_scale, cfg.model_channels).to(x_t.dtype))
+        emb = self.time_embed(timestep_embedding(tt * cfg.t_scale + cfg.t_offset, cfg.model_channels).to(x_t.dtype))
         if labels is not None: emb = emb + self.label_embed(labels.reshape(B * S, -1).to(emb.dtype))
         n = S if cfg.layout == "tracks" else 1
         i, skips = 0, []
         for blk in self.input_blocks:
             if mix is not None: h = h + self._mix_at(i, mix, S)
             h = self._run_block(blk, h, emb, n); skips.append(h); i += 1
-        h = self._run_block(self.middle, h, emb, n)
+        h = self._run_block(self.middle_block, h, emb, n)
         for blk in self.output_blocks:
-            if mix is not None: h = h + self._mix_at(i, mix, S)
-            h = self._run_block(blk, torch.cat([h, skips.pop()], 1), emb, n); i += 1
+            h = torch.cat([h, skips.pop()], 1)
+            if mix is not None: h = h + self._mix_at(i, mix, S)           # after the skip: it reaches the skip channels too
+            h = self._run_block(blk, h, emb, n); i += 1
         return self.out(h).reshape(x_t.shape)
 
     @staticmethod
@@ -268,3 +280,38 @@ class MultiTrackUNet(nn.Module, Pretrained):
             elif isinstance(layer, TrackAttention): h = layer(h, n_tracks)
             else: h = layer(h)
         return h
+
+# %% ../nbs/07_unet.ipynb #c753f1fa
+LDM_UNET, LDM_EMA = "model.diffusion_model.", "model_ema."
+
+def to_ldm_state_dict(unet: MultiTrackUNet) -> dict[str, torch.Tensor]:
+    "An MSG-LD U-Net's weights as the authors' LatentDiffusion checkpoint holds them: model.diffusion_model.<name>."
+    if not isinstance(unet, MultiTrackUNet) or unet.config.layout != "msgld":
+        raise TypeError("to_ldm_state_dict writes MSG-LD's 3-D U-Net (a MultiTrackUNet with layout='msgld').")
+    return {LDM_UNET + k: v.detach().to("cpu").clone() for k, v in unet.state_dict().items()}
+
+def from_ldm_state_dict(state: dict, config: UNetConfig | None = None, *, weights: str = "auto",
+                        source="the state dict") -> MultiTrackUNet:
+    "MSG-LD's U-Net from the authors' checkpoint tensors (or a bare U-Net state dict); `weights`: 'ema', 'raw' or 'auto'."
+    if weights not in ("ema", "raw", "auto"): raise ValueError(f"weights must be 'ema', 'raw' or 'auto', got {weights!r}.")
+    if not isinstance(state, dict): raise TypeError(f"state must be a dict of tensors, got {type(state).__name__}.")
+    raw = {k.removeprefix(LDM_UNET): v for k, v in state.items() if isinstance(k, str) and k.startswith(LDM_UNET)}
+    if not raw and "input_blocks.0.0.weight" in state: raw = dict(state)      # a bare U-Net state dict
+    first = raw.get("input_blocks.0.0.weight")
+    if first is None:
+        raise ValueError(f"{source} holds {checkpoint_kind(state)}, not MSG-LD's U-Net (no {LDM_UNET}input_blocks.0.0.weight): "
+                         f"pass the released U-Net checkpoint (the *_checkpoint.pt file of the authors' README).")
+    if first.ndim != 5:
+        raise ValueError(f"{source} holds a {first.ndim - 2}-D U-Net; MSG-LD's is 3-D (its first conv is (C, S, 3, 3, 3)). "
+                         f"MusicLDM's own text-to-music U-Net is not MSG-LD's.")
+    config = config or UNetConfig(model_channels=first.shape[0], n_tracks=first.shape[1])
+    with torch.device("meta"): model = MultiTrackUNet(config)
+    expected = model.state_dict()
+    ema = {k: state[LDM_EMA + ("diffusion_model." + k).replace(".", "")] for k in expected
+           if LDM_EMA + ("diffusion_model." + k).replace(".", "") in state}
+    if weights == "ema" and not ema: raise ValueError(f"{source} has no EMA weights ({LDM_EMA}*); use weights='raw'.")
+    chosen = ema if (weights == "ema" or (weights == "auto" and ema)) else raw
+    check_state_dict(chosen, expected, source, f"MSG-LD's U-Net ({config.model_channels} channels, {config.n_tracks} stems)")
+    model = MultiTrackUNet(config)
+    model.load_state_dict({k: v.float() for k, v in chosen.items()})
+    return model.eval()

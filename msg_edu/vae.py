@@ -16,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, Recipe, Pretrained, atomic_write, check_int, check_tensor, default_preset, seed_everything
+from .core import (Config, Recipe, Pretrained, atomic_write, check_int, check_state_dict, check_tensor, checkpoint_kind,
+                          default_preset, seed_everything)
 from .data import SingleStems, SlakhIndex, check_dataset_root
 from .learner import Learner, Phase, TrainConfig, check_run_folder, make_loader
 from .mel import MelConfig, MelFrontend
 
 # %% auto #0
-__all__ = ['LOG_FLOOR', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
+__all__ = ['LOG_FLOOR', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
            'DiagonalGaussian', 'pad_frames', 'AutoencoderKL', 'PatchDiscriminator', 'adaptive_weight', 'vae_loss',
-           'disc_loss', 'vae_phases', 'StemMels', 'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae']
+           'disc_loss', 'vae_phases', 'StemMels', 'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae',
+           'musicldm_names', 'to_musicldm_state_dict', 'from_musicldm_state_dict']
 
 # %% ../nbs/05_vae.ipynb #876fc6c3
 @dataclasses.dataclass
@@ -211,9 +213,10 @@ class AutoencoderKL(nn.Module, Pretrained):
         return self.decode(z / self.scale_factor)
 
     @torch.no_grad()
-    def scale_by_std(self, mel) -> float:
-        "Set `scale_factor` to 1 / std of the latents of `mel` (a representative batch); returns it."
-        z = self.encode(mel).mode()
+    def scale_by_std(self, mel, sample: bool = False, generator: torch.Generator | None = None) -> float:
+        "Set `scale_factor` to 1 / std of the latents of `mel` (a representative batch): posterior modes, or samples (LDM); returns it."
+        post = self.encode(mel)
+        z = post.sample(generator) if sample else post.mode()
         self.scale_factor.fill_(1.0 / float(z.flatten().std()))
         return float(self.scale_factor)
 
@@ -377,3 +380,61 @@ def train_vae(data: str | os.PathLike, out: str | os.PathLike, recipe: str | VAE
         vae.save_pretrained(out)
         with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
     return vae, learn, metrics
+
+# %% ../nbs/05_vae.ipynb #a337cd53
+LDM_VAE = "first_stage_model."   # where a LatentDiffusion checkpoint keeps its autoencoder
+
+def musicldm_names(cfg: VAEConfig) -> dict[str, list[str]]:
+    "Each tensor of our AutoencoderKL -> its name(s) in LDM's/MusicLDM's layout (three names where we fuse q, k, v)."
+    mods = {"encoder.conv_in": "encoder.conv_in", "encoder.norm_out": "encoder.norm_out", "encoder.conv_out": "encoder.conv_out",
+            "decoder.conv_in": "decoder.conv_in", "decoder.norm_out": "decoder.norm_out", "decoder.conv_out": "decoder.conv_out",
+            "quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
+    levels, i = len(cfg.ch_mult), 0
+    for level in range(levels):                              # encoder.down is one Sequential; theirs is nested per level
+        for j in range(cfg.num_res_blocks): mods[f"encoder.down.{i}"] = f"encoder.down.{level}.block.{j}"; i += 1
+        if level < levels - 1: mods[f"encoder.down.{i}"] = f"encoder.down.{level}.downsample"; i += 1
+    i = 0
+    for level in reversed(range(levels)):
+        for j in range(cfg.num_res_blocks + 1): mods[f"decoder.up.{i}"] = f"decoder.up.{level}.block.{j}"; i += 1
+        if level > 0: mods[f"decoder.up.{i}"] = f"decoder.up.{level}.upsample"; i += 1
+    for part in ("encoder", "decoder"):
+        mid = ["block_1", "attn_1", "block_2"] if cfg.mid_attention else ["block_1", "block_2"]
+        for k, name in enumerate(mid): mods[f"{part}.mid.{k}"] = f"{part}.mid.{name}"
+    with torch.device("meta"): ours = AutoencoderKL(cfg.replace(disc_start=-1)).state_dict()
+    names = {}
+    for key in ours:
+        if key == "scale_factor": continue
+        mod, leaf = max((m for m in mods if key.startswith(m + ".")), key=len), None
+        rest = key[len(mod) + 1:].replace("skip.", "nin_shortcut.").replace("proj.", "proj_out.")
+        if rest.startswith("qkv."): names[key] = [f"{mods[mod]}.{x}.{rest[4:]}" for x in ("q", "k", "v")]
+        else: names[key] = [f"{mods[mod]}.{rest}"]
+    return names
+
+# %% ../nbs/05_vae.ipynb #9e17739a
+def to_musicldm_state_dict(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    "Our VAE's weights under MusicLDM's names (q, k, v split; no discriminator, no scale)."
+    if not isinstance(vae, AutoencoderKL): raise TypeError(f"vae must be an AutoencoderKL, got {type(vae).__name__}.")
+    state, out = vae.state_dict(), {}
+    for ours, theirs in musicldm_names(vae.config).items():
+        parts = state[ours].detach().cpu().chunk(len(theirs), 0)        # q, k, v are thirds of the fused qkv
+        out.update({name: p.clone() for name, p in zip(theirs, parts)})
+    return out
+
+def from_musicldm_state_dict(state: dict, config: VAEConfig | None = None, *, source="the state dict") -> AutoencoderKL:
+    "An AutoencoderKL from MusicLDM's VAE tensors: its vae-ckpt.ckpt, or the first_stage_model.* of an LDM/MSG-LD checkpoint."
+    if not isinstance(state, dict): raise TypeError(f"state must be a dict of tensors, got {type(state).__name__}.")
+    if any(isinstance(k, str) and k.startswith(LDM_VAE + "encoder.") for k in state):
+        state = {k[len(LDM_VAE):]: v for k, v in state.items() if k.startswith(LDM_VAE)}
+    if "encoder.conv_in.weight" not in state or "post_quant_conv.weight" not in state:
+        raise ValueError(f"{source} holds {checkpoint_kind(state)}, not MusicLDM's VAE (no encoder.conv_in.weight / post_quant_conv.weight): "
+                         f"pass vae-ckpt.ckpt, or an MSG-LD checkpoint that includes first_stage_model.*.")
+    config = config or VAEConfig(ch=state["encoder.conv_in.weight"].shape[0],
+                                 z_channels=state["post_quant_conv.weight"].shape[0], disc_start=-1)
+    names = musicldm_names(config)
+    theirs = {k: v for k, v in state.items() if k.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv")}
+    expected = to_musicldm_state_dict(AutoencoderKL(config.replace(disc_start=-1)))
+    check_state_dict(theirs, expected, source, f"MusicLDM's VAE ({config.ch} channels, z = {config.z_channels})")
+    vae = AutoencoderKL(config.replace(disc_start=-1))
+    vae.load_state_dict({ours: torch.cat([theirs[n].float() for n in ns], 0) for ours, ns in names.items()}
+                        | {"scale_factor": vae.scale_factor}, strict=True)
+    return vae.eval()

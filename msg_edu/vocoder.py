@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from .core import Config, Recipe, Pretrained, atomic_write, check_int, check_tensor, default_preset, seed_everything
+from .core import (Config, Recipe, Pretrained, atomic_write, check_int, check_state_dict, check_tensor, default_preset,
+                          read_checkpoint, seed_everything)
 from .data import SingleStems, SlakhIndex, StemsDataset, check_dataset_root, is_silent
 from .learner import Callback, CancelFit, Learner, Phase, TrainConfig, check_run_folder, make_loader
 from .mel import MelConfig, MelFrontend, istft, magnitude, mel_filterbank, mel_to_wave, stft
@@ -34,8 +35,8 @@ __all__ = ['MEL_KEYS', 'LRELU_SLOPE', 'PUBLIC_G', 'PUBLIC_V', 'fit_length', 'Voc
            'ScaleDiscriminator', 'MultiPeriodDiscriminator', 'MultiScaleDiscriminator', 'HiFiGANDiscriminator',
            'discriminator_adv_loss', 'generator_adv_loss', 'feature_matching_loss', 'frozen', 'HiFiGANForTraining',
            'hifigan_d_loss', 'hifigan_g_loss', 'hifigan_phases', 'held_out_clips', 'HiFiGANTraining', 'TimeBudget',
-           'train_hifigan', 'to_public_state_dict', 'save_public', 'read_public_checkpoint', 'load_public',
-           'mel_to_bins', 'mixture_consistent']
+           'train_hifigan', 'to_public_state_dict', 'save_public', 'read_public_checkpoint', 'generator_weights',
+           'load_public', 'mel_to_bins', 'mixture_consistent']
 
 # %% ../nbs/08_vocoder.ipynb #7d6821dc
 MEL_KEYS = ("sr", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax", "center", "htk", "norm", "log_floor")
@@ -519,35 +520,25 @@ def save_public(vocoder: HiFiGAN, path: str | os.PathLike) -> Path:
     return Path(path)
 
 def read_public_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    "The generator state dict of a public HiFi-GAN checkpoint, read with weights_only=True; errors say what the file is instead."
+    "The generator state dict in a HiFi-GAN checkpoint, read with weights_only=True; errors say what the file is instead."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no HiFi-GAN checkpoint at {path}; msg_edu does not download weights, pass the file's path.")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a checkpoint of plain tensors that torch.load(weights_only=True) can read ({first}). "
-                         f"msg_edu never unpickles code; if you trust the file, load it yourself and re-save its generator "
-                         f"as torch.save({{'generator': state_dict}}, path).") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a HiFi-GAN checkpoint ({{'generator': state_dict}}).")
-    if "generator" in obj: state = obj["generator"]
-    elif any(isinstance(k, str) and k.split(".", 1)[-1].startswith("conv_pre.") for k in obj): state = obj  # a bare state dict
-    else:
-        keys = sorted(map(str, obj))[:8]
-        if {"mpd", "msd"} & set(obj):
-            hint = "it holds discriminators (mpd/msd): that is HiFi-GAN's do_XXXXXXXX file; load the g_XXXXXXXX file next to it."
-        elif "state_dict" in obj:
-            hint = ("it is a training checkpoint with a 'state_dict' (e.g. PyTorch Lightning); extract the vocoder's entries "
-                    "(without their prefix) and save them as {'generator': ...}.")
-        else: hint = "expected {'generator': state_dict} as written by HiFi-GAN's train.py (g_XXXXXXXX) or save_public."
-        raise ValueError(f"{path} is not a HiFi-GAN generator checkpoint: no 'generator' entry (keys {keys}); {hint}")
+    obj = read_checkpoint(path, "HiFi-GAN")        # {'generator': ...}, a bare state dict, or a Lightning state_dict
+    if {"mpd", "msd"} & set(obj):
+        raise ValueError(f"{path} holds discriminators (mpd/msd): that is HiFi-GAN's do_XXXXXXXX file; load the "
+                         f"g_XXXXXXXX file next to it.")
+    state = obj.get("generator", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: 'generator' must be a state dict of tensors, got {type(state).__name__}.")
-    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved after torch.compile
-    if not any(k.startswith("conv_pre.") for k in state):
-        raise ValueError(f"{path} holds no HiFi-GAN generator weights (no conv_pre.*; first keys {sorted(state)[:6]}); "
+    return generator_weights({k.removeprefix("_orig_mod."): v for k, v in state.items()}, path)  # _orig_mod.: torch.compile
+
+def generator_weights(state: dict, source) -> dict[str, torch.Tensor]:
+    "A HiFi-GAN generator's tensors in `state`, at the top or under one prefix (MusicLDM's VAE keeps its vocoder in vocoder.*)."
+    heads = sorted({k[: k.index("conv_pre.")] for k in state if isinstance(k, str) and (k.startswith("conv_pre.") or ".conv_pre." in k)},
+                   key=len)
+    if not heads:
+        raise ValueError(f"{source} holds no HiFi-GAN generator weights (no conv_pre.*; first keys {sorted(map(str, state))[:6]}); "
                          f"it is another model's checkpoint.")
-    return state
+    return {k[len(heads[0]):]: v for k, v in state.items() if k.startswith(heads[0])}
 
 def _unfold_weight_norm(state: dict[str, torch.Tensor], public_keys: set[str]) -> dict[str, torch.Tensor]:
     "Turn plain `X.weight` entries (weight norm removed) into X.weight_g = |filter|, X.weight_v = filter where g/v are expected."
@@ -567,19 +558,13 @@ def load_public(path_or_state, config: HiFiGANConfig | dict | str | os.PathLike 
     vocoder = HiFiGAN(config)
     expected = to_public_state_dict(vocoder)
     state = _unfold_weight_norm(state, set(expected))
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or extra or shapes:
-        def few(xs): return xs[:8] + [f"... {len(xs) - 8} more"] if len(xs) > 8 else xs
-        hint = ""
-        if "conv_pre.weight_v" in state:
-            c0, n_mels = state["conv_pre.weight_v"].shape[:2]
-            hint = (f" The file's conv_pre maps {n_mels} mel bands to {c0} channels and it has {len({k.split('.')[1] for k in state if k.startswith('ups.')})} "
-                    f"upsampling stages: pass the checkpoint's own config.json as `config`.")
-        raise ValueError(f"the checkpoint does not fit HiFiGAN({config.upsample_initial_channel} channels, resblock "
-                         f"{config.resblock!r}, {len(config.upsample_rates)} stages, {config.mel.n_mels} mels): missing "
-                         f"{few(missing)}, extra {few(extra)}, shape mismatches {few(shapes)}.{hint}")
+    hint = ""
+    if "conv_pre.weight_v" in state:
+        c0, n_mels = state["conv_pre.weight_v"].shape[:2]
+        hint = (f"The file's conv_pre maps {n_mels} mel bands to {c0} channels and it has {len({k.split('.')[1] for k in state if k.startswith('ups.')})} "
+                f"upsampling stages: pass the checkpoint's own config.json as `config`.")
+    check_state_dict(state, expected, "the checkpoint", f"HiFiGAN({config.upsample_initial_channel} channels, resblock "
+                     f"{config.resblock!r}, {len(config.upsample_rates)} stages, {config.mel.n_mels} mels)", hint)
     ours = {k.replace(PUBLIC_G, _OUR_G).replace(PUBLIC_V, _OUR_V): v for k, v in state.items()}
     vocoder.load_state_dict(ours)
     return vocoder.to(device).eval()

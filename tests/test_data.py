@@ -215,6 +215,8 @@ def test_triplets_are_additive_and_labelled(toy, cache_dir):
     for i in range(len(ds)):
         item = ds[i]
         torch.testing.assert_close(item["submix"] + item["source"], item["mix"], rtol=0, atol=1e-6)
+        stems = ds.stems[ds.items[i][0]]["stems"]
+        assert torch.equal(item["mix"], stems.sum(0, keepdim=True))             # MGE-LDM's mix: the unclipped sum
         assert ds.labels[item["label_id"]] == item["label"] and not is_silent(item["source"]).item()
         seen.add(item["label"])
     assert len(seen) >= 3                                                      # sources are drawn among many classes

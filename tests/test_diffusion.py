@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from msg_edu.core import seed_everything
 from msg_edu.diffusion import (PREDICTIONS, Cond, Denoiser, DiffusionConfig, GaussianDenoiser, ToyDenoiser,
                                convert_prediction, ddim_sample, ddpm_sample, diffusion_loss, dpmpp_2m_sample, drop_cond,
                                get_sampler, guided, make_schedule, masked_mse, q_sample, repaint_path, sample_timesteps,
@@ -382,3 +383,31 @@ def test_bad_inputs_say_what_to_do():
     with pytest.raises(ValueError, match="probability"): drop_cond(Cond(mix=torch.ones(2, 1, 1)), p_mix=1.5)
     with pytest.raises(ValueError, match="batch size"): Cond(mix=torch.ones(2, 1, 1), labels=torch.ones(3, 2, 4))
     with pytest.raises(TypeError, match="Cond"): guided(den, 2.0)(x, torch.rand(4, 3), {"mix": x})
+
+
+def test_timesteps_are_uniform_clamped_at_t_min():
+    t = sample_timesteps(50000, 2, "shared", t_min=0.02, generator=torch.Generator().manual_seed(3))[:, 0]
+    assert t.min() == 0.02 and t.max() <= 1
+    np.testing.assert_allclose(float((t == 0.02).float().mean()), 0.02, atol=0.003)   # the clamp's mass at t_min
+    np.testing.assert_allclose(float(t[t > 0.02].mean()), 0.51, atol=0.01)            # U[0.02, 1] above it
+
+
+def test_ddim_with_t_end_is_mge_ldms_sampler():
+    "DDIM (eta 0) on the grid linspace(1, 0.02, steps), returning the last x0 estimate: MGE-LDM's sample loop, line by line."
+    seed_everything(0)
+    model = ToyDenoiser(n_tracks=2, dim=3, prediction="v")
+    x_T = torch.randn(4, 2, 3)
+    steps = 7
+    ours = get_sampler("ddim")(model, x_T, COSINE, steps, t_end=0.02)
+    t = torch.linspace(1, 0.02, steps)
+    alpha, sigma = torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+    x = x_T.clone()
+    with torch.no_grad():
+        for i in range(steps):
+            v = model(x, torch.full((4, 2), float(t[i])))
+            pred, eps = x * alpha[i] - v * sigma[i], x * sigma[i] + v * alpha[i]
+            if i < steps - 1: x = pred * alpha[i + 1] + eps * sigma[i + 1]
+    torch.testing.assert_close(ours, pred, rtol=1e-4, atol=1e-5)
+    grid = COSINE.timesteps(steps, t_end=0.02)
+    assert len(grid) == steps + 1 and float(grid[-2]) == pytest.approx(0.02) and float(grid[-1]) == 0
+    with pytest.raises(ValueError, match="t_end must be in"): COSINE.timesteps(steps, t_end=1.0)

@@ -47,10 +47,11 @@ def test_denoiser_roles_and_labels():
     with pytest.raises(ValueError, match="layout='tracks'"): TripletConfig.preset("tiny", unet=dict(layout="msgld"))
 
 
-def test_recipe_is_the_papers():
+def test_recipe_is_the_authors_code():
     r = MGELDMTraining.preset("slakh")
     d = r.diffusion
-    assert (d.schedule, d.prediction, d.t_min, d.t_pattern, d.p_known, d.p_drop_labels) == ("cosine", "v", 0.02, "mge", 0.75, 0.1)
+    assert (d.schedule, d.prediction, d.t_min, d.t_pattern, d.p_known) == ("cosine", "v", 0.02, "mge", 0.75)
+    assert (d.p_drop_labels, MGE_DIFFUSION["p_drop_labels"], r.segment_seconds) == (0.4, 0.1, 12.8)   # code 0.4, paper 0.1
     assert (d.sampler, d.steps, d.guidance_w) == ("ddim", 250, 2.0)
     assert (r.train.lr, r.train.weight_decay, r.train.grad_clip, r.train.ema_decay, r.batch_size) == (5e-5, 1e-3, 1.0, 0.9999, 64)
 
@@ -105,3 +106,11 @@ def test_triplet_latents_roundtrip(tmp_path):
     back = TripletLatents.load(lat.save(tmp_path / "t.safetensors"))
     assert back.labels == ["Bass", "Organ"] and torch.equal(back.tracks, lat.tracks)
     with pytest.raises(ValueError, match="one label each"): TripletLatents(torch.randn(2, 3, 8, 16, 16), ["Bass"])
+
+
+def test_samplers_follow_the_authors_code_eta_zero_and_grid_to_0_02():
+    slakh = MGELDMTraining.preset("slakh").diffusion
+    assert (slakh.sampler, slakh.eta, slakh.t_end, slakh.steps) == ("ddim", 0.0, 0.02, 250)   # not MSG-LD's eta = 1
+    default = MGELDM(AutoencoderKL(VAEConfig.preset("tiny")), TripletDenoiser(TripletConfig.preset("tiny")))
+    assert (default.diffusion.eta, default.diffusion.t_end) == (0.0, 0.02)
+    with pytest.raises(ValueError, match="sample_posterior is MSG-LD's"): MGELDMTraining.preset("tiny", sample_posterior=True)

@@ -99,10 +99,13 @@ def test_save_and_load_pretrained(tmp_path):
     assert back.prediction == "v"
 
 
-def test_slakh_preset_is_msgld():
-    cfg = UNetConfig.preset("slakh")
-    assert (cfg.layout, cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_ds, cfg.head_channels,
-            cfg.prediction) == ("msgld", 192, (1, 2, 3, 5), 2, (8, 4, 2), 32, "eps")
+def test_slakh_presets_are_the_released_msgld_models():
+    for preset, width, count in (("slakh", 128, 305_165_444), ("slakh_arrange", 192, 686_513_860)):
+        cfg = UNetConfig.preset(preset)
+        assert (cfg.layout, cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_ds, cfg.head_channels,
+                cfg.prediction, cfg.film) == ("msgld", width, (1, 2, 3, 5), 2, (8, 4, 2), 32, "eps", False)
+        with torch.device("meta"): m = MultiTrackUNet(cfg)
+        assert sum(p.numel() for p in m.parameters()) == count   # the authors' UNetModel, counted on the meta device
 
 
 def test_bad_inputs_say_what_to_do():
