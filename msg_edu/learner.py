@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
 from .core import Config, atomic_write, check_int, get_device
 
@@ -396,11 +396,17 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
-                num_workers: int = 0, **kwargs) -> DataLoader:
-    "A DataLoader that shuffles reproducibly from `seed` and, under torchrun, gives each process its own shard."
+                num_workers: int = 0, weights=None, **kwargs) -> DataLoader:
+    "A DataLoader that shuffles reproducibly from `seed` (drawing example i w.p. ~ weights[i] if given) and shards under torchrun."
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     rank, world = init_distributed()
-    if world > 1: sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.double)
+        if world > 1: raise ValueError("weighted sampling (e.g. class balance) is not sharded under torchrun; train on one process.")
+        if weights.shape != (len(dataset),) or not bool((weights >= 0).all()) or not bool(weights.sum() > 0):
+            raise ValueError(f"weights must be {len(dataset)} non-negative numbers, not all zero, one per example.")
+        sampler = WeightedRandomSampler(weights, len(dataset), generator=torch.Generator().manual_seed(seed))
+    elif world > 1: sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle: sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else: sampler = None
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers, **kwargs)

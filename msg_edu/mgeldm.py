@@ -100,7 +100,7 @@ class LabelEncoder(nn.Module):
 @dataclasses.dataclass
 class TripletConfig(Config):
     "MGE-LDM's denoiser: a track-axis U-Net over (mix, submix, source) latents, per-track times, per-track labels."
-    unet: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(layout="tracks", n_tracks=3, mix_cond=False,
+    unet: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(layout="tracks", n_tracks=3, mix_cond="none",
                                                                               label_dim=32, film=True, prediction="v"))
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     presets: ClassVar[dict] = {}
@@ -110,7 +110,7 @@ class TripletConfig(Config):
         from msg_edu.core import default_preset
         name = name or default_preset()
         label = LabelConfig.preset(name, **overrides.pop("label", {}))
-        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond=False, label_dim=label.dim, film=True,
+        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond="none", label_dim=label.dim, film=True,
                                                  prediction="v"), **overrides.pop("unet", {})})
         return cls(unet=unet, label=label, **overrides)
 
@@ -204,6 +204,7 @@ class MGELDMTraining(LatentTraining):
     "Everything `train_mgeldm` needs: a `LatentTraining` with the triplet denoiser."
     model: TripletConfig = dataclasses.field(default_factory=TripletConfig)
     batch_size: int = 64
+    class_balance: bool = False      # ours: draw triplets so that every source class is seen equally often
     presets: ClassVar[dict] = {
         "tiny": dict(segment_seconds=1.28, batch_size=4, diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=10),
                      vae=dict(train=dict(steps=20, log_every=5, valid_every=10)),
@@ -269,7 +270,7 @@ class MGELDM(nn.Module):
     def _frames(self, n_samples: int) -> tuple[int, tuple]:
         frames = self.front.config.n_frames(n_samples)
         T, d = latent_frames(frames, self.multiple), self.vae.config.down
-        return frames, (self.vae.config.z_channels, T // d, self.vae.config.n_mels // d)
+        return frames, (self.vae.config.z_channels, T // d, self.vae.config.n_mels // self.vae.config.f_down)
 
     def to_wave(self, mels, n_samples: int) -> torch.Tensor:
         return (self.vocoder or GriffinLimVocoder()).vocode(mels, n_samples)
@@ -406,8 +407,10 @@ def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, r
     lat = {"train": TripletLatents(tracks, [l for t in train for l in t.labels], recipe.crop_frames),
            "validation": _triplets(vae_model, data, "validation", recipe, out, cache_dir, device)}
     model = TripletDenoiser(recipe.model)
+    counts = collections.Counter(lat["train"].labels)        # class balance: each class drawn as often as any other
+    weights = [1.0 / counts[label] for label in lat["train"].labels] if recipe.class_balance else None
     learn = fit_denoiser(model, lat, partial(mgeldm_loss, diffusion=recipe.diffusion), recipe, out/"model_run", resume=resume,
-                         device=device, progress=progress, seed=seed, cbs=cbs)
+                         device=device, progress=progress, seed=seed, cbs=cbs, weights=weights)
     pipe = MGELDM(vae_model.to(learn.device), model.eval(), recipe.diffusion, segment_seconds=recipe.segment_seconds)
     counts = {k: dict(sorted(collections.Counter(v.labels).items())) for k, v in lat.items()}
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "triplets": counts,

@@ -36,7 +36,8 @@ __all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'LatentTraining'
            'fit_frames', 'restore_frames', 'prepare_audio', 'by_segments', 'describe_folder', 'Separation', 'MSGLD',
            'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser',
            'last_loss', 'scale_from_first_batch', 'start_run', 'finish_run', 'train_msgld', 'dry_run',
-           'evaluate_separation', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
+           'score_separator', 'evaluate_separation', 'mask_ceilings', 'separation_table', 'onset_strength',
+           'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
@@ -337,7 +338,7 @@ class MSGLD(nn.Module):
         n_samples = int(seconds * self.sr)
         frames = self.front.config.n_frames(n_samples)
         T, d = latent_frames(frames, self.multiple), self.vae.config.down
-        shape = (n, len(self.stems), self.vae.config.z_channels, T // d, self.vae.config.n_mels // d)
+        shape = (n, len(self.stems), self.vae.config.z_channels, T // d, self.vae.config.n_mels // self.vae.config.f_down)
         zeros = torch.zeros(n, 1, *shape[2:], device=self.device)
         z = self._diffusion(sampler).sample(self.unet, self._noise(shape, generator), cond=Cond(mix=zeros),
                                             guidance_w=guidance_w, steps=steps, generator=generator)
@@ -489,9 +490,9 @@ def stage_one_vae(data, out, recipe: VAETraining, vae=None, *, device=None, prog
     return AutoencoderKL.from_pretrained(vae)
 
 def fit_denoiser(model: nn.Module, lat: dict, loss_fn, recipe, run: Path, *, resume: bool = False, device=None,
-                 progress: bool = True, seed: int = 0, cbs=()) -> Learner:
-    "Train a latent denoiser on {'train', 'validation'} latents with the recipe's batch size and TrainConfig (resumable); EMA weights copied in."
-    learn = Learner(model, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed), loss_fn,
+                 progress: bool = True, seed: int = 0, cbs=(), weights=None) -> Learner:
+    "Train a latent denoiser on {'train', 'validation'} latents (drawn w.p. ~ `weights`) with the recipe's batch size and TrainConfig; EMA weights copied in."
+    learn = Learner(model, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed, weights=weights), loss_fn,
                     make_loader(lat["validation"], recipe.batch_size, shuffle=False, drop_last=False), recipe.train,
                     out=run, device=device, progress=progress, cbs=cbs)
     if resume: learn.load(run)
@@ -572,9 +573,9 @@ def dry_run(recipe: str | MSGLDTraining, data=None, *, cache_dir=None) -> dict:
     vd = recipe.vae.vae.down
     frames = (int(round(recipe.segment_seconds * 100)) + 1) // (vd * recipe.unet.down) * recipe.unet.down  # latent frames
     T = min(recipe.crop_frames or frames, frames)
-    acts = _activation_bytes(recipe.unet, T) * recipe.batch_size
+    acts = _activation_bytes(recipe.unet, T, recipe.vae.vae.n_mels // recipe.vae.vae.f_down) * recipe.batch_size
     report = {"unet_params": n, "param_bytes": 4 * n, "train_state_bytes": 4 * n * 5, "activation_bytes": acts,
-              "estimated_bytes": 4 * n * 5 + acts, "latent": (len(recipe.stems), recipe.unet.z_channels, T, recipe.vae.vae.n_mels // vd),
+              "estimated_bytes": 4 * n * 5 + acts, "latent": (len(recipe.stems), recipe.unet.z_channels, T, recipe.vae.vae.n_mels // recipe.vae.vae.f_down),
               "batch_size": recipe.batch_size, "steps": recipe.train.steps}
     if data is not None:
         check_dataset_root(data)
@@ -585,49 +586,80 @@ def dry_run(recipe: str | MSGLDTraining, data=None, *, cache_dir=None) -> dict:
         report["epochs"] = recipe.train.steps / report["steps_per_epoch"]
     return report
 
-def _activation_bytes(cfg: UNetConfig, frames: int) -> int:
+def _activation_bytes(cfg: UNetConfig, frames: int, bins: int) -> int:
     "Bytes one example's activations keep for backward: measured on a narrower, shorter copy, scaled up linearly."
     small = cfg.replace(model_channels=min(cfg.model_channels, math.lcm(cfg.norm_groups, cfg.head_channels)))
     unet, t = MultiTrackUNet(small), max(cfg.down, min(frames, 4 * cfg.down))
-    x = torch.zeros(1, cfg.n_tracks, cfg.z_channels, t, 16)
+    x = torch.zeros(1, cfg.n_tracks, cfg.z_channels, t, bins)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda a: saved.append(a.numel() * a.element_size()) or a, lambda a: a):
-        unet(x, torch.full((1, cfg.n_tracks), 0.5), Cond(mix=x[:, :1]) if cfg.mix_cond and cfg.layout != "tracks" else None)
+        unet(x, torch.full((1, cfg.n_tracks), 0.5), Cond(mix=x[:, :1]) if cfg.mix_cond != "none" and cfg.layout != "tracks" else None)
     return int(sum(saved) * (cfg.model_channels / small.model_channels) * frames / t)
 
 # %% ../nbs/10_msgld.ipynb #8daa4e76
 @torch.no_grad()
+def score_separator(estimate, data, split: str = "test", *, stems=MSDM_STEMS, segment_seconds: float = 2.56, sr: int = 16000,
+                    max_tracks: int | None = None, cache_dir=None, device=None) -> dict:
+    "MSDM's protocol for any separator `estimate(mix (K, 1, L), stems (K, S, L)) -> (K, S, L)`: whole tracks in segments; Log-Mel L1 and SI-SDRi per stem."
+    index = SlakhIndex(data, split, stems=list(stems), missing="zero", cache_dir=cache_dir)
+    tracks = index.tracks[:max_tracks] if max_tracks else index.tracks
+    L, S, front = int(round(segment_seconds * sr)), len(index.classes), MelFrontend().to(get_device(device))
+    l1, mix_l1, frames, results, n_seg, scored = torch.zeros(S), torch.zeros(S), 0, [], 0, 0
+    for track in tracks:
+        ref = torch.from_numpy(np.stack([index.load(track, c) for c in index.classes]))       # (S, N), zeros where missing
+        mix, N = ref.sum(0), ref.shape[-1]                                                      # MSDM: the unclipped sum
+        if N < sr // 4 or bool(is_silent(mix)): continue
+        segs = torch.nn.functional.pad(ref, (0, (-N) % L)).reshape(S, -1, L).transpose(0, 1)   # (K, S, L), last one padded
+        sounding = ~torch.as_tensor(is_silent(segs.sum(1))).reshape(-1)
+        est = torch.zeros_like(segs)                                                            # silent segments stay silent
+        est[sounding] = estimate(segs[sounding].sum(1, keepdim=True).to(front.mel_t.device),
+                                 segs[sounding].to(front.mel_t.device)).float().cpu()
+        est = est.transpose(0, 1).reshape(S, -1)[:, :N]
+        ref_mel, est_mel, mix_mel = (front(x.to(front.mel_t.device)).cpu() for x in (ref, est, mix[None]))
+        l1 += (est_mel - ref_mel).abs().mean(-1).sum(-1); mix_l1 += (mix_mel - ref_mel).abs().mean(-1).sum(-1)
+        frames, n_seg, scored = frames + ref_mel.shape[-2], n_seg + len(segs), scored + 1
+        if N > 2 * sr:                                        # MSDM's 4 s chunks need a few seconds of audio
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results.append(msdm_si_sdri(est, ref, mix, sr=sr, stems=list(stems), song=track.name))
+    if not frames: raise DataError(f"no sounding track to separate in {split} of {data}.")
+    sdri = ChunkedSISDRi.combine(results).mean() if results else {s: float("nan") for s in (*stems, "All")}
+    return {"stems": list(stems), "log_mel_l1": dict(zip(stems, (l1 / frames).tolist())),
+            "mix_log_mel_l1": dict(zip(stems, (mix_l1 / frames).tolist())), "si_sdri": sdri, "segments": n_seg,
+            "tracks": scored, "zero_filled": index.counts.get("zero-filled (missing a requested stem)", 0),
+            "segment_seconds": L / sr}
+
+# %% ../nbs/10_msgld.ipynb #e7d0c2b2
 def evaluate_separation(pipe: MSGLD, data, split: str = "test", *, guidance_w: float = 1.0, sampler: str | None = None,
                         steps: int | None = None, max_tracks: int | None = None, seed: int = 0, cache_dir=None,
                         segment_seconds: float | None = None, batch_size: int = 8) -> dict:
-    "MSDM's protocol: whole tracks (missing stems zero-filled, mixture = unclipped sum) separated in the model's segments; Log-Mel L1 and SI-SDRi per stem."
+    "`pipe` separating `split` with MSDM's protocol (`score_separator`) in its own segment length, a few segments at a time."
     if not isinstance(pipe, MSGLD): raise TypeError(f"pipe must be an MSGLD, got {type(pipe).__name__}.")
-    index = SlakhIndex(data, split, stems=list(pipe.stems), missing="zero", cache_dir=cache_dir)
-    tracks = index.tracks[:max_tracks] if max_tracks else index.tracks
     g = torch.Generator(pipe.device).manual_seed(seed)
-    L, S = int(round((segment_seconds or pipe.segment_seconds) * pipe.sr)), len(pipe.stems)
-    def separate(segs):   # (K, 1, L) sounding segments -> (K, S, L), a few at a time
-        return torch.cat([pipe.separate(segs[a: a + batch_size], guidance_w=guidance_w, sampler=sampler, steps=steps,
-                                        generator=g).stems for a in range(0, len(segs), batch_size)])
-    l1, mix_l1, frames, results, n_seg, scored = torch.zeros(S), torch.zeros(S), 0, [], 0, 0
-    for track in tracks:
-        stems = torch.from_numpy(np.stack([index.load(track, c) for c in index.classes]))      # (S, N), zeros where missing
-        mix = stems.sum(0)                                                                     # MSDM: not clipped
-        if stems.shape[-1] < pipe.sr // 4 or bool(is_silent(mix)): continue
-        est, _, k = by_segments(mix.to(pipe.device), L, separate, S)
-        ref_mel, est_mel, mix_mel = (pipe.front(x.to(pipe.device)).cpu() for x in (stems, est, mix[None]))
-        l1 += (est_mel - ref_mel).abs().mean(-1).sum(-1); mix_l1 += (mix_mel - ref_mel).abs().mean(-1).sum(-1)
-        frames, n_seg, scored = frames + ref_mel.shape[-2], n_seg + k, scored + 1
-        if stems.shape[-1] > 2 * pipe.sr:      # MSDM's 4 s chunks need a few seconds of audio
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                results.append(msdm_si_sdri(est.cpu(), stems, mix, sr=pipe.sr, stems=list(pipe.stems), song=track.name))
-    if not scored: raise DataError(f"no sounding track to separate in {split} of {data}.")
-    sdri = ChunkedSISDRi.combine(results).mean() if results else {s: float("nan") for s in (*pipe.stems, "All")}
-    return {"stems": list(pipe.stems), "log_mel_l1": dict(zip(pipe.stems, (l1 / frames).tolist())),
-            "mix_log_mel_l1": dict(zip(pipe.stems, (mix_l1 / frames).tolist())), "si_sdri": sdri, "segments": n_seg,
-            "tracks": scored, "zero_filled": index.counts.get("zero-filled (missing a requested stem)", 0),
-            "segment_seconds": L / pipe.sr, "guidance_w": guidance_w}
+    def separate(mix, _):
+        return torch.cat([pipe.separate(mix[a: a + batch_size], guidance_w=guidance_w, sampler=sampler, steps=steps,
+                                        generator=g).stems for a in range(0, len(mix), batch_size)])
+    report = score_separator(separate, data, split, stems=pipe.stems, segment_seconds=segment_seconds or pipe.segment_seconds,
+                             sr=pipe.sr, max_tracks=max_tracks, cache_dir=cache_dir, device=pipe.device)
+    return report | {"guidance_w": guidance_w}
+
+@torch.no_grad()
+def mask_ceilings(data, split: str = "test", *, vae: AutoencoderKL | None = None, multiple: int = 1, stems=MSDM_STEMS,
+                  segment_seconds: float = 2.56, max_tracks: int | None = None, cache_dir=None) -> dict:
+    "Where the decibels go: the true stem mels as masks (any mask-based separator's ceiling) and, with a `vae`, through it (a latent one's)."
+    front = MelFrontend()
+    def oracle(mix, ref): return mixture_consistent(front(ref), mix)
+    out = {"oracle": score_separator(oracle, data, split, stems=stems, segment_seconds=segment_seconds,
+                                     max_tracks=max_tracks, cache_dir=cache_dir)}
+    if vae is not None:
+        vae = vae.cpu().eval()
+        def through_vae(mix, ref):
+            mel = front(ref)
+            return mixture_consistent(restore_frames(vae.decode_latent(vae.encode_latent(fit_frames(mel, multiple))),
+                                                     mel.shape[-2]), mix)
+        out["vae"] = score_separator(through_vae, data, split, stems=stems, segment_seconds=segment_seconds,
+                                     max_tracks=max_tracks, cache_dir=cache_dir)
+    return out
 
 def separation_table(report: dict) -> str:
     "A markdown table of an `evaluate_separation` report: one row per stem and the mean."

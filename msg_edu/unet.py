@@ -17,9 +17,9 @@ from .core import Config, Pretrained, check_int, check_state_dict, check_tensor,
 from .diffusion import Cond, check_prediction, check_track_t
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'LDM_UNET', 'LDM_EMA', 'conv_nd', 'zero_module', 'timestep_embedding', 'ResBlock', 'SelfAttention',
-           'TrackAttention', 'Downsample', 'Upsample', 'UNetConfig', 'MultiTrackUNet', 'to_ldm_state_dict',
-           'from_ldm_state_dict']
+__all__ = ['LAYOUTS', 'MIX_CONDS', 'LDM_UNET', 'LDM_EMA', 'conv_nd', 'zero_module', 'timestep_embedding', 'ResBlock',
+           'SelfAttention', 'TrackAttention', 'Downsample', 'Upsample', 'UNetConfig', 'MultiTrackUNet',
+           'to_ldm_state_dict', 'from_ldm_state_dict']
 
 # %% ../nbs/07_unet.ipynb #bc1cb44b
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
@@ -112,6 +112,7 @@ class Upsample(nn.Module):
 
 # %% ../nbs/07_unet.ipynb #c3316616
 LAYOUTS = ("msgld", "tracks", "stacked")
+MIX_CONDS = ("add", "concat", "none")
 
 @dataclasses.dataclass
 class UNetConfig(Config):
@@ -126,7 +127,8 @@ class UNetConfig(Config):
     head_channels: int = 32
     norm_groups: int = 32
     dropout: float = 0.0
-    mix_cond: bool = True              # the mixture latent added before every input and output block
+    mix_cond: str = "add"              # 'add': the pooled mixture added before every block (MSG-LD); 'concat' (ours): the
+                                       # mixture latent as extra input channels; 'none': no mixture
     label_dim: int = 0                 # per-track label embedding size ('tracks' only; 0 = no labels)
     film: bool = False                 # ours: the time (+ label) embedding as FiLM on the ResBlocks; MSG-LD adds it
     t_scale: float = 1000.0            # t in [0, 1] is embedded as t * t_scale + t_offset:
@@ -142,6 +144,8 @@ class UNetConfig(Config):
 
     def validate(self):
         if self.layout not in LAYOUTS: raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
+        if isinstance(self.mix_cond, bool): self.mix_cond = "add" if self.mix_cond else "none"   # configs saved before 0.2
+        if self.mix_cond not in MIX_CONDS: raise ValueError(f"mix_cond must be one of {MIX_CONDS}, got {self.mix_cond!r}.")
         for k in ("n_tracks", "z_channels", "model_channels", "num_res_blocks", "head_channels", "norm_groups"):
             check_int(getattr(self, k), k, min_value=1)
         check_int(self.label_dim, "label_dim", min_value=0)
@@ -165,6 +169,7 @@ class MultiTrackUNet(nn.Module, Pretrained):
         self.prediction = cfg.prediction
         self.dims = 3 if cfg.layout == "msgld" else 2
         io = {"msgld": cfg.n_tracks, "tracks": cfg.z_channels, "stacked": cfg.n_tracks * cfg.z_channels}[cfg.layout]
+        mix_in = (1 if cfg.layout == "msgld" else cfg.z_channels) if cfg.mix_cond == "concat" else 0   # extra input channels
         mc, g, emb = cfg.model_channels, cfg.norm_groups, 4 * cfg.model_channels
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.label_embed = nn.Linear(cfg.label_dim, emb) if cfg.label_dim else None
@@ -177,7 +182,7 @@ class MultiTrackUNet(nn.Module, Pretrained):
             if up: layers.append(Upsample(self.dims, c_out))
             return nn.ModuleList(layers)
 
-        self.input_blocks = nn.ModuleList([nn.ModuleList([conv_nd(self.dims, io, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([nn.ModuleList([conv_nd(self.dims, io + mix_in, mc, 3, padding=1)])])
         self.block_channels, self.block_ds = [io], [1]   # where the mixture is added: each input block, each output block
         skips, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -204,7 +209,7 @@ class MultiTrackUNet(nn.Module, Pretrained):
         # add a learned 1x1 projection of its z channels to each block's width, zero at the start and without a bias,
         # so that a zero mixture adds exactly nothing (the unconditional branch of CFG)
         self.mix_proj = None
-        if cfg.mix_cond and cfg.layout != "msgld":
+        if cfg.mix_cond == "add" and cfg.layout != "msgld":
             self.mix_proj = nn.ModuleList([zero_module(nn.Conv2d(cfg.z_channels, c, 1, bias=False)) for c in self.block_channels])
 
     # ---- inputs
@@ -231,7 +236,7 @@ class MultiTrackUNet(nn.Module, Pretrained):
             if not isinstance(cond, Cond): raise TypeError(f"cond must be a msg_edu.diffusion.Cond or None, got {type(cond).__name__}.")
             mix, labels = cond.mix, cond.labels
         if mix is not None:
-            if not cfg.mix_cond: raise ValueError("this U-Net was built with mix_cond=False but cond.mix was given.")
+            if cfg.mix_cond == "none": raise ValueError("this U-Net was built with mix_cond='none' but cond.mix was given.")
             if mix.shape != (B, 1, C, T, F_):
                 raise ValueError(f"cond.mix must be the mixture's latent (B, 1, C, T, F) = {(B, 1, C, T, F_)}, "
                                  f"got {tuple(mix.shape)}.")
@@ -259,6 +264,10 @@ class MultiTrackUNet(nn.Module, Pretrained):
         if cfg.layout == "msgld": h, tt = x_t, t[:, 0]                        # (B, S, C, T, F): stems = channels, C = depth
         elif cfg.layout == "stacked": h, tt = x_t.reshape(B, S * C, T, F_), t[:, 0]
         else: h, tt = x_t.reshape(B * S, C, T, F_), t.reshape(-1)              # tracks folded into the batch
+        if cfg.mix_cond == "concat":                                          # the mixture as extra input channels
+            m = mix if mix is not None else x_t.new_zeros(B, 1, C, T, F_)     # no condition = a zero mixture (CFG)
+            m = m if cfg.layout == "msgld" else m[:, 0].repeat_interleave(S, 0) if cfg.layout == "tracks" else m[:, 0]
+            h, mix = torch.cat([h, m.to(h.dtype)], 1), None
         emb = self.time_embed(timestep_embedding(tt * cfg.t_scale + cfg.t_offset, cfg.model_channels).to(x_t.dtype))
         if labels is not None: emb = emb + self.label_embed(labels.reshape(B * S, -1).to(emb.dtype))
         n = S if cfg.layout == "tracks" else 1

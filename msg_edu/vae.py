@@ -31,12 +31,13 @@ __all__ = ['LOG_FLOOR', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Dow
 # %% ../nbs/05_vae.ipynb #876fc6c3
 @dataclasses.dataclass
 class VAEConfig(Config):
-    "AutoencoderKL over log-mels (..., T, n_mels) -> latents (..., z_channels, T / down, n_mels / down)."
+    "AutoencoderKL over log-mels (..., T, n_mels) -> latents (..., z_channels, T / down, n_mels / f_down)."
     n_mels: int = 64
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 2
     z_channels: int = 8
+    freq_down: int = 0               # down-sampling in frequency (0: as in time, MusicLDM's x4); the first levels halve it
     mid_attention: bool = True
     norm_groups: int = 32
     dropout: float = 0.0
@@ -58,14 +59,26 @@ class VAEConfig(Config):
         for m in self.ch_mult:
             if (self.ch * m) % self.norm_groups:
                 raise ValueError(f"norm_groups={self.norm_groups} must divide every width ch * ch_mult = {self.ch * m}.")
-        if self.n_mels % self.down:
-            raise ValueError(f"n_mels={self.n_mels} must be divisible by the down-sampling factor {self.down}.")
+        f = check_int(self.freq_down, "freq_down", min_value=0)
+        if f and (f & (f - 1) or f > self.down):
+            raise ValueError(f"freq_down={f} must be 0 (as in time) or a power of 2 up to the time down-sampling {self.down}.")
+        if self.n_mels % self.f_down:
+            raise ValueError(f"n_mels={self.n_mels} must be divisible by the frequency down-sampling factor {self.f_down}.")
         if self.kl_weight < 0 or self.disc_weight < 0: raise ValueError("kl_weight and disc_weight must be >= 0.")
 
     @property
     def down(self) -> int:
-        "Down-sampling factor in time and frequency (2 per level after the first)."
+        "Down-sampling factor in time (2 per level after the first)."
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def f_down(self) -> int:
+        "Down-sampling factor in frequency (`freq_down`, or the time factor)."
+        return self.freq_down or self.down
+
+    def level_strides(self) -> list[tuple[int, int]]:
+        "(time, frequency) stride of each level's down-sampling: 2 in time, 2 in frequency until `f_down` is reached."
+        return [(2, 2 if 2 ** (i + 1) <= self.f_down else 1) for i in range(len(self.ch_mult) - 1)]
 
 # %% ../nbs/05_vae.ipynb #d3cf4709
 def _norm(channels: int, groups: int) -> nn.GroupNorm: return nn.GroupNorm(groups, channels, eps=1e-6)
@@ -95,12 +108,15 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int): super().__init__(); self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-    def forward(self, x): return self.conv(F.pad(x, (0, 1, 0, 1)))
+    "A 3x3 conv with stride (2, 2) (LDM: padded on the far side only) or (2, 1) (time only, padded around in frequency)."
+    def __init__(self, channels: int, stride=(2, 2)):
+        super().__init__(); self.stride = tuple(stride); self.conv = nn.Conv2d(channels, channels, 3, stride=self.stride)
+    def forward(self, x): return self.conv(F.pad(x, (0, 1, 0, 1) if self.stride[1] == 2 else (1, 1, 0, 1)))
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int): super().__init__(); self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def __init__(self, channels: int, scale=(2, 2)):
+        super().__init__(); self.scale = tuple(float(s) for s in scale); self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
 # %% ../nbs/05_vae.ipynb #59846ec4
 class Encoder(nn.Module):
@@ -108,10 +124,10 @@ class Encoder(nn.Module):
         super().__init__()
         g, widths = cfg.norm_groups, [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(1, cfg.ch, 3, padding=1)
-        blocks, c = [], cfg.ch
+        blocks, c, strides = [], cfg.ch, cfg.level_strides()
         for level, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks): blocks.append(ResnetBlock(c, w, g, cfg.dropout)); c = w
-            if level < len(widths) - 1: blocks.append(Downsample(c))
+            if level < len(widths) - 1: blocks.append(Downsample(c, strides[level]))
         self.down = nn.Sequential(*blocks)
         self.mid = nn.Sequential(ResnetBlock(c, c, g, cfg.dropout), *( [AttnBlock(c, g)] if cfg.mid_attention else []),
                                  ResnetBlock(c, c, g, cfg.dropout))
@@ -127,10 +143,10 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, padding=1)
         self.mid = nn.Sequential(ResnetBlock(c, c, g, cfg.dropout), *( [AttnBlock(c, g)] if cfg.mid_attention else []),
                                  ResnetBlock(c, c, g, cfg.dropout))
-        blocks = []
+        blocks, strides = [], cfg.level_strides()
         for level, w in reversed(list(enumerate(widths))):
             for _ in range(cfg.num_res_blocks + 1): blocks.append(ResnetBlock(c, w, g, cfg.dropout)); c = w
-            if level > 0: blocks.append(Upsample(c))
+            if level > 0: blocks.append(Upsample(c, strides[level - 1]))
         self.up = nn.Sequential(*blocks)
         self.norm_out, self.conv_out = _norm(c, g), nn.Conv2d(c, 1, 3, padding=1)
 

@@ -481,3 +481,18 @@ def test_distributed_two_processes_match_one(tmp_path):
     # only process 0 wrote logs and checkpoints
     assert [p.name for p in (tmp_path / "run_2/checkpoints").iterdir()] == ["step_00000006"]
     assert len(read_log(tmp_path / "run_2/log.csv")) == 6
+
+
+def test_weighted_loader_draws_in_proportion_and_reproducibly():
+    from msg_edu.learner import make_loader
+    data = torch.arange(8)
+    labels = [0] * 6 + [1] * 2                                      # class 1 is rare
+    w = [1 / labels.count(c) for c in labels]                       # class balance
+    dl = make_loader(data, 4, weights=w, seed=3)
+    draws = torch.cat([b for _ in range(200) for b in dl])
+    frac_rare = float((draws >= 6).float().mean())
+    assert abs(frac_rare - 0.5) < 0.03, frac_rare
+    dl = make_loader(data, 4, weights=w, seed=3)
+    again = torch.cat([b for _ in range(200) for b in dl])
+    assert torch.equal(draws, again)
+    with pytest.raises(ValueError, match="one per example"): make_loader(data, 4, weights=[1.0] * 3)

@@ -126,3 +126,15 @@ def test_bad_inputs_say_what_to_do():
     with pytest.raises(ValueError, match=r"cond.labels must be \(B, S, label_dim\)"): trk(x, t, Cond(labels=torch.randn(2, 3, 3)))
     with pytest.raises(ValueError, match="layout='tracks'"): UNetConfig(layout="msgld", label_dim=4)
     with pytest.raises(ValueError, match="layout must be one of"): UNetConfig(layout="dit")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mixture_as_input_channels(layout):
+    m = trained_like(MultiTrackUNet(UNetConfig.preset("tiny", layout=layout, mix_cond="concat")))
+    x, t = torch.randn(2, 4, 8, 16, 8), torch.full((2, 4), 0.5)
+    a, b = Cond(mix=torch.randn(2, 1, 8, 16, 8)), Cond(mix=torch.randn(2, 1, 8, 16, 8))
+    with torch.no_grad():
+        assert m(x, t, a).shape == x.shape and (m(x, t, a) - m(x, t, b)).abs().max() > 1e-3
+        torch.testing.assert_close(m(x, t, drop_cond(a, 1.0)), m(x, t, None))        # a zero mixture is no condition
+    assert m.mix_proj is None and UNetConfig(mix_cond=True).mix_cond == "add"        # configs saved with a bool still load
+    with pytest.raises(ValueError, match="mix_cond must be one of"): UNetConfig(mix_cond="film")
