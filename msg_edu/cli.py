@@ -17,6 +17,7 @@ from . import __version__
 from .core import PRESETS, get_device
 from .demo import run_demo
 from .metrics import EVAL_LAYOUT, evaluate_dirs, load_embedder
+from .render_midi import render_midi_dataset
 from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
 from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
@@ -36,12 +37,21 @@ def _demo(args) -> None:
 
 def _toy_slakh(args) -> None:
     cfg = ToySlakhConfig.preset(args.preset)
-    overrides = {k: v for k, v in dict(n_tracks=args.tracks, seconds=args.seconds, sr=args.sr, seed=args.seed, fmt=args.fmt).items() if v is not None}
+    overrides = {k: v for k, v in dict(n_tracks=args.tracks, seconds=args.seconds, sr=args.sr, seed=args.seed, fmt=args.fmt,
+                                       synth=args.synth, sf2=args.sf2).items() if v is not None}
     cfg = cfg.replace(**overrides)
     t0 = time.perf_counter()
     root = make_toy_slakh(args.out, **cfg.to_dict(), n_jobs=args.jobs, overwrite=args.overwrite)
     splits = {s: len(list((root/s).glob("Track*"))) for s in ("train", "validation", "test", "omitted")}
-    print(f"ToySlakh in {root}: {splits} ({cfg.seconds} s at {cfg.sr} Hz, {cfg.fmt}), {time.perf_counter() - t0:.1f} s")
+    print(f"ToySlakh in {root}: {splits} ({cfg.seconds} s at {cfg.sr} Hz, {cfg.fmt}, synth {cfg.synth}), {time.perf_counter() - t0:.1f} s")
+
+def _render_midi(args) -> None:
+    r = render_midi_dataset(args.midi, args.out, args.sf2, sr=args.sr, fmt=args.fmt, n_jobs=args.jobs, limit=args.limit,
+                            max_seconds=args.max_seconds, overwrite=args.overwrite)
+    print(f"{r['files']} MIDI files -> {r['out']}: {r['rendered']} rendered ({r['seconds'] / 60:.1f} min of audio in "
+          f"{r['wall']:.0f} s), {r['reused']} already there, {len(r['skipped'])} skipped; tracks per split {r['splits']}")
+    for note in r["fallbacks"]: print(f"note: {note}")
+    for name, reason in r["skipped"].items(): print(f"skipped {name}: {reason}")
 
 def _names(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
@@ -163,9 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sr", type=int, help="sample rate (Slakh2100: 44100)")
     t.add_argument("--seed", type=int)
     t.add_argument("--fmt", choices=("flac", "wav"), help="flac like Slakh2100, wav like BabySlakh")
+    t.add_argument("--synth", choices=("sf2", "osc"), help="sf2: a General MIDI SoundFont (default), osc: the oscillators")
+    t.add_argument("--sf2", help="the SoundFont to play (default: pretty_midi's TimGM6mb.sf2)")
     t.add_argument("--jobs", type=int, help="parallel writers (default: the CPU count, at most 4)")
     t.add_argument("--overwrite", action="store_true", help="replace a different dataset already at --out")
     t.set_defaults(func=_toy_slakh)
+    m = sub.add_parser("render-midi", help="render a folder of MIDI files into a Slakh2100-layout dataset (resumable)")
+    m.add_argument("--midi", required=True, help="folder of .mid/.midi files, searched recursively (e.g. Lakh MIDI's lmd_full)")
+    m.add_argument("--out", required=True, help="dataset root to write: {train,validation,test}/TrackNNNNN/")
+    m.add_argument("--sf2", help="the SoundFont to play (default: pretty_midi's TimGM6mb.sf2)")
+    m.add_argument("--sr", type=int, default=44100, help="sample rate (default 44100, as Slakh2100)")
+    m.add_argument("--fmt", choices=("flac", "wav"), default="flac")
+    m.add_argument("--jobs", type=int, help="parallel workers (default: the CPU count, at most 4)")
+    m.add_argument("--limit", type=int, help="render only the first N files (sorted by path)")
+    m.add_argument("--max-seconds", type=float, default=600.0, help="skip files longer than this (default 600)")
+    m.add_argument("--overwrite", action="store_true", help="replace a dataset rendered with other settings")
+    m.set_defaults(func=_render_midi)
     r = sub.add_parser("train", help="train a model on a Slakh2100-layout dataset (resumable)")
     r.add_argument("model", choices=sorted(RECIPES), help="what to train")
     r.add_argument("--data", required=True, help="dataset root with train/ and validation/ (Slakh2100, BabySlakh, ToySlakh)")

@@ -63,7 +63,7 @@ def demo_plan(preset: str = "toy") -> DemoPlan:
                     MGELDMTraining.preset("toy", hop_seconds=2.56, train=dict(steps=500, valid_every=250, save_every=100)))
 
 # %% ../nbs/13_demo.ipynb #cc1f2eb1
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # part of every stage's key: 2 = ToySlakh v3 (SoundFont); a folder of version 1 is refused, not mixed
 
 class Stages:
     "Run-once stages of a demo folder: results cached in out/stages/<name>.json under a key; timing printed."
@@ -131,7 +131,7 @@ def front_end_stage(out: Path, seconds: float = 8.0, seed: int = 0, n_iter: int 
     return m
 
 def data_stage(data: Path, cache: Path, toy: ToySlakhConfig) -> dict:
-    "Chapter 03: write ToySlakh (once) and count what MSG-LD and MGE-LDM will train on."
+    "Chapter 03: write ToySlakh through the SoundFont (once) and count what MSG-LD and MGE-LDM will train on."
     make_toy_slakh(data, **toy.to_dict(), overwrite=True)
     msgld = {s: SlakhIndex(data, s, stems=list(MSDM_STEMS), missing="drop", cache_dir=cache) for s in ("train", "test")}
     every = SlakhIndex(data, "train", stems="all", cache_dir=cache)
@@ -348,7 +348,7 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "toy", seed: int = 0) 
     seed_everything(seed)
     stage("front_end", lambda: front_end_stage(out/"front_end", seed=seed), "the audio front end on a generated clip")
     stage("data", lambda: data_stage(data, cache, plan.toyslakh),
-          f"ToySlakh, {plan.toyslakh.n_tracks} songs x {plan.toyslakh.seconds:g} s, in Slakh2100's layout")
+          f"ToySlakh, {plan.toyslakh.n_tracks} songs x {plan.toyslakh.seconds:g} s through a SoundFont, in Slakh2100's layout")
     stage("vae", lambda: vae_stage(data, cache, models, plan, seed), f"training the mel VAE ({plan.vae.train.steps} updates)")
     voc = stage("vocoder", lambda: vocoder_stage(data, cache, models, plan, seed),
                 f"training HiFi-GAN ({plan.vocoder.max_minutes or 'no'} minute budget, at most {plan.vocoder.train.steps} updates)")

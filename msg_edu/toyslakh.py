@@ -22,12 +22,16 @@ from typing import ClassVar
 import numpy as np
 import yaml
 
-from .audio import save_audio
+import torch
+
+from .audio import resample, save_audio
 from .core import Config, atomic_write, check_int
 
 # %% auto #0
-__all__ = ['INSTRUMENTS', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'GENERATOR_VERSION', 'Instrument', 'Note', 'TrackPlan', 'plan_track',
-           'render_stem', 'integrated_loudness', 'write_midi', 'read_midi', 'ToySlakhConfig', 'make_toy_slakh']
+__all__ = ['INSTRUMENTS', 'PROGRAM_CHOICES', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'SOUNDFONT_SR', 'GENERATOR_VERSION', 'Instrument',
+           'draw_programs', 'Note', 'TrackPlan', 'plan_track', 'render_stem', 'render_stems', 'integrated_loudness',
+           'write_midi', 'read_midi', 'TrackStem', 'write_slakh_track', 'ToySlakhConfig', 'make_toy_slakh',
+           'scratch_toy_slakh']
 
 # %% ../nbs/03a_toyslakh.ipynb #6029d062
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +49,27 @@ INSTRUMENTS = {
     "guitar": Instrument("Guitar", 25, "Acoustic Guitar (steel)", "pop_guitar.nkm"),
     "piano": Instrument("Piano", 0, "Acoustic Grand Piano", "grandeur.nkm"),
     "epiano": Instrument("Piano", 4, "Electric Piano 1", "scarbee_mark_i.nkm"),
-    "strings": Instrument("Strings", 48, "String Ensemble 1", "session_strings_pro.nkm"),
+    "strings": Instrument("Strings", 44, "Tremolo Strings", "session_strings_pro.nkm"),
     "strings2": Instrument("Strings (continued)", 49, "String Ensemble 2", "session_strings_pro.nkm"),
     "lead": Instrument("Synth Lead", 80, "Lead 1 (square)", "massive_lead.nmsv"),
     "organ": Instrument("Organ", 16, "Drawbar Organ", "vintage_organs.nkm"),
     "sfx": Instrument("Sound effects", 122, "Seashore", "fm8_fx.nfm8"),
 }
+
+PROGRAM_CHOICES = {  # the General MIDI programs each instrument draws from, per track: its class's family
+    "drums": (0, 8, 16, 24, 25, 32, 40),           # drum kits (bank 128): standard, room, power, electronic, TR-808, jazz, brush
+    "bass": tuple(range(32, 40)), "guitar": tuple(range(24, 32)), "piano": tuple(range(0, 8)),
+    "epiano": (4, 5, 6, 7),                         # the electric half of the Piano family
+    "strings": tuple(range(40, 47)),                # Strings: violin ... harp (not the timpani)
+    "strings2": tuple(range(48, 55)),               # Ensemble, Slakh's "Strings (continued)" (not the orchestra hit)
+    "lead": tuple(range(80, 88)), "organ": tuple(range(16, 24)),
+    "sfx": tuple(range(120, 128)),                  # Sound Effects, Slakh's "Sound effects"
+}
+
+def draw_programs(seed: int, index: int) -> dict[str, int]:
+    "The General MIDI program of each instrument of track `index` (a random stream of its own: the score stays the same)."
+    rng = np.random.default_rng([seed, index, 2])
+    return {inst: int(rng.choice(choices)) for inst, choices in PROGRAM_CHOICES.items()}
 
 # %% ../nbs/03a_toyslakh.ipynb #6d355fb5
 @dataclasses.dataclass
@@ -212,6 +231,32 @@ def render_stem(inst: str, notes: list[Note], n_samples: int, sr: int) -> np.nda
         out[start: start + len(y)] += (note.velocity / 127) * y
     return out
 
+# %% ../nbs/03a_toyslakh.ipynb #a7fd56f7
+SOUNDFONT_SR = 44100  # the sampler renders at this rate (its recordings' rate), then resamples to the rate asked for
+
+def render_stems(plan: TrackPlan, n_samples: int, sr: int, synth: str = "sf2", programs: dict[str, int] | None = None,
+                 sf2=None) -> dict[str, tuple[Instrument, np.ndarray | None]]:
+    "Each stem's metadata and audio (None: not rendered), with the oscillators (`osc`) or a SoundFont (`sf2`)."
+    if synth == "osc":
+        return {inst: (INSTRUMENTS[inst], render_stem(inst, notes, n_samples, sr) if plan.rendered[inst] else None)
+                for inst, notes in plan.stems.items()}
+    if synth != "sf2": raise ValueError(f"synth must be 'sf2' or 'osc', got {synth!r}.")
+    # the next chapter's sampler, imported when it is used: this module does not import a later chapter at load time
+    from msg_edu.soundfont import find_preset, gm_program_name, load_soundfont, render_notes
+    sf, out = load_soundfont(sf2), {}
+    for inst, notes in plan.stems.items():
+        base, program = INSTRUMENTS[inst], programs[inst]
+        preset, _ = find_preset(sf, program, base.is_drum)     # a fallback is logged
+        info = dataclasses.replace(base, program_num=program, midi_program_name=gm_program_name(program, base.is_drum),
+                                   plugin_name=f"{sf.path.name}: {preset.name}" if preset else "none")
+        audio = None
+        if plan.rendered[inst] and preset is not None:
+            y = render_notes(sf, preset, notes, SOUNDFONT_SR, math.ceil(n_samples * SOUNDFONT_SR / sr))
+            if sr != SOUNDFONT_SR: y = resample(torch.from_numpy(y), SOUNDFONT_SR, sr).numpy()
+            audio = np.pad(y.astype(np.float64), (0, max(0, n_samples - len(y))))[:n_samples]
+        out[inst] = (info, audio)
+    return out
+
 # %% ../nbs/03a_toyslakh.ipynb #5afe2455
 def _biquad_response(b, a, freqs, sr):
     z = np.exp(-2j * np.pi * freqs / sr)  # z^-1 on the unit circle
@@ -308,6 +353,55 @@ def read_midi(path) -> tuple[float, list[dict]]:
 
 # %% ../nbs/03a_toyslakh.ipynb #a0b4c375
 @dataclasses.dataclass
+class TrackStem:
+    "One stem of a track to write: what metadata.yaml says of it, its score, its audio (None: `audio_rendered: false`)."
+    info: Instrument
+    notes: list[Note]
+    audio: np.ndarray | None
+
+def write_slakh_track(final: Path, stems: list[TrackStem], sr: int, fmt: str, tempo: float, uid: str, *,
+                      lmd_midi_dir: str, all_src: bytes | None = None, target_peak: float = -1.0,
+                      normalization_factor: float | None = -13.0) -> Path:
+    """Write one track in Slakh2100's layout at `final`: all stems scaled by one overall gain that puts the mix's peak at
+    `target_peak` dBFS (so the stems sum to the mix), MIDI per stem, `all_src.mid`, metadata.yaml. Atomic: the track is
+    written into a temporary folder next to `final` and renamed into place when complete."""
+    rendered = [s.audio for s in stems if s.audio is not None]
+    if not rendered: raise ValueError(f"{final.name}: no stem has audio; nothing to write.")
+    mix = sum(rendered)
+    overall_gain = 10 ** (target_peak / 20) / max(1e-9, np.abs(mix).max())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        (tmp / "stems").mkdir(); (tmp / "MIDI").mkdir()
+        stems_meta = {}
+        for k, s in enumerate(stems):
+            key, wave = f"S{k:02d}", None
+            if s.audio is not None:
+                wave = s.audio * overall_gain
+                save_audio(tmp / "stems" / f"{key}.{fmt}", wave.astype(np.float32), sr)
+            write_midi(tmp / "MIDI" / f"{key}.mid", [(s.info, s.notes)], tempo)
+            stems_meta[key] = dict(audio_rendered=wave is not None, inst_class=s.info.inst_class,
+                                   integrated_loudness=None if wave is None else round(integrated_loudness(wave, sr), 4),
+                                   is_drum=s.info.is_drum, midi_program_name=s.info.midi_program_name, midi_saved=True,
+                                   plugin_name=s.info.plugin_name, program_num=s.info.program_num)
+        save_audio(tmp / f"mix.{fmt}", (mix * overall_gain).astype(np.float32), sr)
+        if all_src is None: write_midi(tmp / "all_src.mid", [(s.info, s.notes) for s in stems], tempo)
+        else: (tmp / "all_src.mid").write_bytes(all_src)
+        meta = dict(UUID=uid, audio_dir="stems", lmd_midi_dir=lmd_midi_dir, midi_dir="MIDI",
+                    normalization_factor=normalization_factor, normalized=normalization_factor is not None,
+                    overall_gain=float(overall_gain), stems=stems_meta, target_peak=target_peak)
+        (tmp / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))  # written last: the track is complete
+        if final.exists() and not (final / "metadata.yaml").exists(): shutil.rmtree(final)  # debris, not a track
+        try: os.replace(tmp, final)
+        except OSError:  # another process finished this very track first: keep theirs (it is identical)
+            if not (final / "metadata.yaml").exists(): raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+# %% ../nbs/03a_toyslakh.ipynb #b51b0334
+@dataclasses.dataclass
 class ToySlakhConfig(Config):
     "How much ToySlakh to write; `make_toy_slakh(root, **cfg.to_dict())`."
     n_tracks: int = 48
@@ -317,6 +411,8 @@ class ToySlakhConfig(Config):
     fmt: str = "flac"                            # "flac" like Slakh2100, "wav" like BabySlakh
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test
     n_omitted: int = 2                           # duplicates of train tracks, in omitted/ as in Slakh's redux
+    synth: str = "sf2"                           # "sf2": a General MIDI SoundFont (chapter 03b); "osc": the oscillators
+    sf2: str | None = None                       # the SoundFont (None: pretty_midi's TimGM6mb.sf2)
     presets: ClassVar[dict] = {"tiny": dict(n_tracks=6, sr=16000, seconds=4.0, n_omitted=1),
                                "toy": {}, "slakh": dict(n_tracks=200, seconds=30.0, n_omitted=10)}
 
@@ -327,7 +423,10 @@ class ToySlakhConfig(Config):
         if self.fmt not in ("flac", "wav"): raise ValueError(f"fmt must be 'flac' or 'wav', got {self.fmt!r}.")
         if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(f"splits must be three non-negative fractions summing to 1, got {self.splits}.")
+        if self.synth not in ("sf2", "osc"): raise ValueError(f"synth must be 'sf2' (a SoundFont) or 'osc', got {self.synth!r}.")
+        if self.sf2 is not None and self.synth != "sf2": raise ValueError("sf2 (a SoundFont file) needs synth='sf2'.")
 
+# %% ../nbs/03a_toyslakh.ipynb #b07f08e2
 def _split_names(cfg: ToySlakhConfig) -> list[tuple[str, int]]:
     "(split, plan index) for every track, numbered as Track00001... in this order; omitted ones duplicate train tracks."
     n_val = max(1, round(cfg.splits[1] * cfg.n_tracks)); n_test = max(1, round(cfg.splits[2] * cfg.n_tracks))
@@ -335,63 +434,36 @@ def _split_names(cfg: ToySlakhConfig) -> list[tuple[str, int]]:
     names = [("train", i) for i in range(n_train)] + [("validation", n_train + i) for i in range(n_val)]
     names += [("test", n_train + n_val + i) for i in range(n_test)]
     return names + [("omitted", i % max(1, n_train)) for i in range(cfg.n_omitted)]
+
 def _write_track(cfg: ToySlakhConfig, number: int, split: str, plan_index: int, root: Path) -> str:
-    "Render one track into a temporary folder and move it into place (a track is all there or not at all)."
-    name = f"Track{number:05d}"
-    final = root / split / name
+    "Plan, render and write one track (a track is all there or not at all)."
     plan = plan_track(cfg.seed, plan_index, cfg.seconds)
-    rng = np.random.default_rng([cfg.seed, plan_index, 1])
-    n = int(round(cfg.seconds * cfg.sr))
-    audio = {}
-    for inst, notes in plan.stems.items():
-        if plan.rendered[inst]:
-            y = render_stem(inst, notes, n, cfg.sr)
-            audio[inst] = y * 10 ** (plan.gains_db[inst] / 20) * 0.1 / max(1e-9, np.sqrt(np.mean(y * y)))  # -20 dB RMS +- 3 dB
-    mix = sum(audio.values())
-    target_peak = -1.0
-    overall_gain = 10 ** (target_peak / 20) / max(1e-9, np.abs(mix).max())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
-    try:
-        (tmp / "stems").mkdir(); (tmp / "MIDI").mkdir()
-        stems_meta = {}
-        for k, (inst, notes) in enumerate(plan.stems.items()):
-            key, info = f"S{k:02d}", INSTRUMENTS[inst]
-            rendered = plan.rendered[inst]
-            if rendered:
-                wave = audio[inst] * overall_gain
-                save_audio(tmp / "stems" / f"{key}.{cfg.fmt}", wave.astype(np.float32), cfg.sr)
-            write_midi(tmp / "MIDI" / f"{key}.mid", [(info, notes)], plan.tempo)
-            stems_meta[key] = dict(audio_rendered=rendered, inst_class=info.inst_class,
-                                   integrated_loudness=round(integrated_loudness(wave, cfg.sr), 4) if rendered else None,
-                                   is_drum=info.is_drum, midi_program_name=info.midi_program_name, midi_saved=True,
-                                   plugin_name=info.plugin_name, program_num=info.program_num)
-        save_audio(tmp / f"mix.{cfg.fmt}", (mix * overall_gain).astype(np.float32), cfg.sr)
-        write_midi(tmp / "all_src.mid", [(INSTRUMENTS[i], notes) for i, notes in plan.stems.items()], plan.tempo)
-        uid = uuidlib.UUID(bytes=rng.bytes(16)).hex
-        meta = dict(UUID=uid, audio_dir="stems", lmd_midi_dir=f"lmd_matched/{uid[0].upper()}/{uid[1].upper()}/{uid}.mid",
-                    midi_dir="MIDI", normalization_factor=-13.0, normalized=True, overall_gain=float(overall_gain),
-                    stems=stems_meta, target_peak=target_peak)
-        (tmp / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-        if final.exists() and not (final / "metadata.yaml").exists(): shutil.rmtree(final)  # debris, not a track
-        try: os.replace(tmp, final)
-        except OSError:  # another process finished this very track first: keep theirs (it is identical)
-            if not (final / "metadata.yaml").exists(): raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    programs = draw_programs(cfg.seed, plan_index) if cfg.synth == "sf2" else None
+    stems = []
+    for inst, (info, y) in render_stems(plan, int(round(cfg.seconds * cfg.sr)), cfg.sr, cfg.synth, programs, cfg.sf2).items():
+        if y is not None: y = y * 10 ** (plan.gains_db[inst] / 20) * 0.1 / max(1e-9, np.sqrt(np.mean(y * y)))  # -20 dB RMS +- 3 dB
+        stems.append(TrackStem(info, plan.stems[inst], y))
+    uid = uuidlib.UUID(bytes=np.random.default_rng([cfg.seed, plan_index, 1]).bytes(16)).hex
+    name = f"Track{number:05d}"
+    write_slakh_track(root / split / name, stems, cfg.sr, cfg.fmt, plan.tempo, uid,
+                      lmd_midi_dir=f"lmd_matched/{uid[0].upper()}/{uid[1].upper()}/{uid}.mid")
     return name
 
-GENERATOR_VERSION = 2  # part of the manifest: bump it when the synthesis changes, so cached sets are rewritten
+GENERATOR_VERSION = 3  # part of the manifest: bump it when the synthesis changes, so cached sets are rewritten (3: SoundFont)
 
 def make_toy_slakh(root, n_tracks: int = 48, sr: int = 44100, seed: int = 0, *, seconds: float = 12.0, fmt: str = "flac",
-                   splits: tuple[float, float, float] = (0.7, 0.15, 0.15), n_omitted: int = 2,
-                   n_jobs: int | None = None, overwrite: bool = False) -> Path:
+                   splits: tuple[float, float, float] = (0.7, 0.15, 0.15), n_omitted: int = 2, synth: str = "sf2",
+                   sf2=None, n_jobs: int | None = None, overwrite: bool = False) -> Path:
     "Write a deterministic ToySlakh dataset in Slakh2100's layout under `root`; reuses a complete identical one."
-    cfg = ToySlakhConfig(n_tracks=n_tracks, sr=sr, seed=seed, seconds=seconds, fmt=fmt, splits=tuple(splits), n_omitted=n_omitted)
+    cfg = ToySlakhConfig(n_tracks=n_tracks, sr=sr, seed=seed, seconds=seconds, fmt=fmt, splits=tuple(splits),
+                         n_omitted=n_omitted, synth=synth, sf2=None if sf2 is None else str(sf2))
     root = Path(root)
     manifest = root / "toyslakh.json"
     wanted = {**cfg.to_dict(), "generator": GENERATOR_VERSION}
+    if synth == "sf2":  # read the SoundFont now: a bad file fails before anything is written; its size joins the manifest
+        from msg_edu.soundfont import load_soundfont  # the next chapter's reader (see render_stems)
+        font = load_soundfont(sf2)
+        wanted["soundfont"] = f"{font.path.name}, {font.path.stat().st_size} bytes"
     if manifest.exists():
         old = json.loads(manifest.read_text()); old.pop("complete", None)
         if old != wanted:
@@ -415,3 +487,9 @@ def make_toy_slakh(root, n_tracks: int = 48, sr: int = 44100, seed: int = 0, *, 
     if not json.loads(manifest.read_text()).get("complete"):
         with atomic_write(manifest, "w") as f: json.dump({**wanted, "complete": True}, f, indent=2)
     return root
+
+# %% ../nbs/03a_toyslakh.ipynb #a4d688b1
+def scratch_toy_slakh(preset: str = "tiny") -> Path:
+    "The chapters' shared ToySlakh of a preset in the temp folder (written once; the name carries the generator version)."
+    root = Path(tempfile.gettempdir()) / f"msg_edu_toyslakh_{preset}_v{GENERATOR_VERSION}"
+    return make_toy_slakh(root, **ToySlakhConfig.preset(preset).to_dict(), overwrite=True)

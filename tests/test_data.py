@@ -1,4 +1,5 @@
 """Slakh2100 reader, ToySlakh, the cache and the datasets: real-data quirks, musical alignment, bad input."""
+import collections
 import json
 import shutil
 from pathlib import Path
@@ -65,8 +66,11 @@ def test_drums_and_bass_onsets_sit_on_the_beat_grid(toy, cache_dir):
         for c in ("Drums", "Bass"):
             on = _onsets(index.load(t, c), 16000)
             assert len(on) >= 4, (t.name, c)
-            off_grid = np.abs(on / eighth - np.round(on / eighth)) * eighth
-            assert off_grid.max() < 0.02 and off_grid.mean() < 0.008, (t.name, c, off_grid)  # on the eighth-note grid
+            # a sampled instrument's attack delays every detected onset by about the same time: that lag is not off the
+            # grid, so the grid is checked after removing the stem's median lag (at most 30 ms)
+            lag = (on / eighth - np.round(on / eighth)) * eighth
+            off_grid = np.abs(lag - np.median(lag))
+            assert abs(np.median(lag)) < 0.03 and off_grid.max() < 0.02 and off_grid.mean() < 0.008, (t.name, c, lag)
 
 
 def test_toyslakh_is_deterministic_and_resumable(tmp_path):
@@ -84,6 +88,39 @@ def test_toyslakh_is_deterministic_and_resumable(tmp_path):
     assert (a / "train" / "Track00001" / "mix.flac").stat().st_mtime_ns == before  # finished tracks were kept
     assert json.loads((a / "toyslakh.json").read_text())["complete"] is True
     with pytest.raises(FileExistsError, match="holds a different ToySlakh"): make_toy_slakh(a, **{**TINY, "seed": 3})
+
+
+FAMILY_OF_CLASS = {"Piano": 0, "Organ": 2, "Guitar": 3, "Bass": 4, "Strings": 5, "Strings (continued)": 6, "Synth Lead": 10,
+                   "Sound effects": 15}   # General MIDI family (program // 8) of each ToySlakh class
+
+
+def test_toyslakh_v3_plays_programs_drawn_within_families_and_records_them(toy):
+    from msg_edu.toyslakh import GENERATOR_VERSION, PROGRAM_CHOICES
+    manifest = json.loads((toy / "toyslakh.json").read_text())
+    assert manifest["generator"] == GENERATOR_VERSION == 3 and manifest["synth"] == "sf2"
+    assert manifest["soundfont"].startswith("TimGM6mb.sf2, ")
+    drawn = collections.defaultdict(set)
+    for d in sorted(toy.glob("*/Track*")):
+        meta = yaml.safe_load((d / "metadata.yaml").read_text())
+        for key, s in meta["stems"].items():
+            program = s["program_num"]
+            assert {n["program"] for n in read_midi(d / "MIDI" / f"{key}.mid")[1]} == {program}   # the MIDI says the same
+            if s["is_drum"]: assert program in PROGRAM_CHOICES["drums"] and s["inst_class"] == "Drums"
+            else: assert program // 8 == FAMILY_OF_CLASS[s["inst_class"]], (d.name, key, s)
+            assert s["plugin_name"].startswith("TimGM6mb.sf2: ") and s["midi_program_name"]
+            drawn[s["inst_class"]].add(program)
+    assert len(drawn["Bass"]) > 1 or len(drawn["Drums"]) > 1        # programs vary from track to track
+
+
+def test_toyslakh_oscillators_stay_an_option(tmp_path):
+    from msg_edu.toyslakh import INSTRUMENTS
+    root = make_toy_slakh(tmp_path / "osc", **{**TINY, "n_tracks": 3, "n_omitted": 0, "synth": "osc"})
+    meta = yaml.safe_load((root / "train" / "Track00001" / "metadata.yaml").read_text())
+    assert {(s["program_num"], s["plugin_name"]) for s in meta["stems"].values()} <= {
+        (i.program_num, i.plugin_name) for i in INSTRUMENTS.values()}                       # v2's fixed instruments
+    assert json.loads((root / "toyslakh.json").read_text())["synth"] == "osc"
+    with pytest.raises(ValueError, match="sf2 .* needs synth='sf2'"):
+        make_toy_slakh(tmp_path / "x", **{**TINY, "synth": "osc", "sf2": "font.sf2"})
 
 
 def test_babyslakh_layout_wav_16k(tmp_path, cache_dir):

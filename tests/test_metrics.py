@@ -308,10 +308,11 @@ def test_toyslakh_fad_orders_real_shuffled_and_noise(toy):
     f_shuffled = fad(e_ref, model.embed(shuffled_across_songs(held).sum(1), SR))
     f_noise = fad(e_ref, model.embed(noise, SR))
     assert f_real < f_shuffled < f_noise and f_real < f_noise / 5, (f_real, f_shuffled, f_noise)
-    # sub-FAD: the real stem gives 0 (up to rounding); another song's stem, incoherent with the given ones, does not
+    # sub-FAD: the real stem gives 0 (up to rounding); another song's stems, incoherent with the given ones, do not:
+    # they land between the real songs and noise
     other = held.roll(1, 0)
     assert sub_fad(model, held, held, [2], SR) < 1e-6
-    assert sub_fad(model, held, other, [2, 3], SR) > f_real
+    assert f_real / 10 < sub_fad(model, held, other, [2, 3], SR) < f_noise
     with pytest.raises(ValueError, match="is empty"): sub_fad(model, held, other, [], SR)
     with pytest.raises(ValueError, match="one estimate per reference"): sub_fad(model, held, other[:, :3], [0], SR)
 
