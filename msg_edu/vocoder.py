@@ -580,7 +580,7 @@ def mel_to_bins(mel_config: MelConfig | None = None) -> torch.Tensor:
     w = basis[:, nearest]
     return (w / w.sum(0)).float()
 
-def mixture_consistent(stem_mels, mix, n_iter: int = 32, *, power: float = 2.0, mel_config: MelConfig | None = None) -> torch.Tensor:
+def mixture_consistent(stem_mels, mix, n_iter: int = 0, *, power: float = 2.0, mel_config: MelConfig | None = None) -> torch.Tensor:
     "Stems (B, S, N) that sum to `mix` (B, N) or (B, 1, N): its STFT split by soft masks from log-mels (B, S, T, F), refined by mel-constrained MISI."
     cfg = mel_config or MelConfig()
     stem_mels = check_tensor(stem_mels, "stem_mels", ndim=4)

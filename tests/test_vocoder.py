@@ -351,3 +351,19 @@ def test_a_vocoder_inside_a_lightning_checkpoint_is_found(tmp_path):
     torch.save({"state_dict": state, "epoch": 1}, tmp_path / "vae-ckpt.ckpt")   # MusicLDM's VAE keeps its vocoder inside
     mel = torch.randn(1, 2, 20, 64) - 5
     with torch.no_grad(): assert torch.equal(load_public(tmp_path / "vae-ckpt.ckpt", TINY)(mel), g(mel))
+
+
+def test_estimated_mels_separate_better_through_plain_masks(toy, cache):
+    "The default (n_iter=0) is the masks: refinement imposes an estimate's errors on the waveform."
+    index = SlakhIndex(toy, "test", stems="all", cache_dir=cache)
+    segments = StemsDataset(index, 2.56)
+    scores = {0: [], 32: []}
+    for i in range(min(len(segments), 4)):
+        item = segments[i]
+        keep = ~is_silent(item["stems"])
+        mels = FRONT(item["stems"])[None]
+        mels = mels + 0.6 * torch.randn(mels.shape, generator=torch.Generator().manual_seed(i))
+        for n_iter in scores:
+            kw = {} if n_iter == 0 else {"n_iter": n_iter}
+            scores[n_iter] += si_sdr(mixture_consistent(mels, item["mix"][None], **kw)[0][keep], item["stems"][keep]).tolist()
+    assert np.mean(scores[0]) > np.mean(scores[32]) + 1, scores
