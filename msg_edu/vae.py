@@ -23,10 +23,11 @@ from .learner import Learner, Phase, TrainConfig, check_run_folder, make_loader
 from .mel import MelConfig, MelFrontend
 
 # %% auto #0
-__all__ = ['LOG_FLOOR', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
-           'DiagonalGaussian', 'pad_frames', 'AutoencoderKL', 'PatchDiscriminator', 'adaptive_weight', 'vae_loss',
-           'disc_loss', 'vae_phases', 'StemMels', 'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae',
-           'musicldm_names', 'to_musicldm_state_dict', 'from_musicldm_state_dict']
+__all__ = ['SHORTCUT_CENTER', 'LOG_FLOOR', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample',
+           'Encoder', 'Decoder', 'DiagonalGaussian', 'space_to_channel', 'channel_to_space', 'pad_frames',
+           'AutoencoderKL', 'PatchDiscriminator', 'adaptive_weight', 'vae_loss', 'disc_loss', 'vae_phases', 'StemMels',
+           'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae', 'musicldm_names', 'to_musicldm_state_dict',
+           'from_musicldm_state_dict']
 
 # %% ../nbs/05_vae.ipynb #876fc6c3
 @dataclasses.dataclass
@@ -38,6 +39,7 @@ class VAEConfig(Config):
     num_res_blocks: int = 2
     z_channels: int = 8
     freq_down: int = 0               # down-sampling in frequency (0: as in time, MusicLDM's x4); the first levels halve it
+    shortcut: bool = False           # ours (DC-AE's residual autoencoding): latent = learned part + the mel's cells averaged
     mid_attention: bool = True
     norm_groups: int = 32
     dropout: float = 0.0
@@ -47,8 +49,8 @@ class VAEConfig(Config):
     disc_channels: int = 64
     disc_layers: int = 3
     presets: ClassVar[dict] = {
-        "tiny": dict(ch=8, num_res_blocks=1, mid_attention=False, norm_groups=4, kl_weight=1e-4, disc_start=-1),
-        "toy": dict(ch=16, num_res_blocks=1, mid_attention=False, norm_groups=8, kl_weight=1e-4, disc_start=-1),
+        "tiny": dict(ch=8, num_res_blocks=1, shortcut=True, mid_attention=False, norm_groups=4, kl_weight=1e-4, disc_start=-1),
+        "toy": dict(ch=16, num_res_blocks=1, shortcut=True, mid_attention=False, norm_groups=8, kl_weight=1e-4, disc_start=-1),
         "slakh": {}}
 
     def validate(self):
@@ -64,6 +66,11 @@ class VAEConfig(Config):
             raise ValueError(f"freq_down={f} must be 0 (as in time) or a power of 2 up to the time down-sampling {self.down}.")
         if self.n_mels % self.f_down:
             raise ValueError(f"n_mels={self.n_mels} must be divisible by the frequency down-sampling factor {self.f_down}.")
+        cells = self.down * self.f_down
+        if self.shortcut and (cells % self.z_channels or self.down % (cells // self.z_channels)):
+            raise ValueError(f"shortcut=True averages each {self.down} x {self.f_down} cell of the mel into z_channels="
+                             f"{self.z_channels} groups of time-neighbours: z_channels must divide {cells} and leave at most "
+                             f"{self.down} values per group; change z_channels or set shortcut=False.")
         if self.kl_weight < 0 or self.disc_weight < 0: raise ValueError("kl_weight and disc_weight must be >= 0.")
 
     @property
@@ -168,6 +175,25 @@ class DiagonalGaussian:
     def kl(self) -> torch.Tensor:
         return 0.5 * (self.mean ** 2 + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(-3, -2, -1))
 
+# %% ../nbs/05_vae.ipynb #ed0653d1
+SHORTCUT_CENTER = 0.5 * math.log(1e-5)   # half the log-mel floor: the shortcut's latents straddle zero
+
+def space_to_channel(mel: torch.Tensor, down: int, f_down: int, z_channels: int) -> torch.Tensor:
+    "DC-AE's shortcut: (B, 1, T, F) -> (B, z, T/down, F/f_down), each cell's down x f_down values averaged in groups of time-neighbours."
+    B, _, T, Fq = mel.shape
+    g = down * f_down // z_channels                                  # values per latent channel
+    x = mel.reshape(B, T // down, down, Fq // f_down, f_down).permute(0, 2, 4, 1, 3)   # (B, down, f_down, T', F')
+    x = x.reshape(B, down // g, g, f_down, T // down, Fq // f_down).mean(2)            # average g neighbours in time
+    return x.reshape(B, z_channels, T // down, Fq // f_down)
+
+def channel_to_space(z: torch.Tensor, down: int, f_down: int) -> torch.Tensor:
+    "The inverse layout of `space_to_channel`: (B, z, T', F') -> (B, 1, T' down, F' f_down), each group's value repeated."
+    B, C, Tq, Fq = z.shape
+    a = C // f_down
+    x = z.reshape(B, a, 1, f_down, Tq, Fq).expand(B, a, down // a, f_down, Tq, Fq).reshape(B, down, f_down, Tq, Fq)
+    return x.permute(0, 3, 1, 4, 2).reshape(B, 1, Tq * down, Fq * f_down)
+
+
 # %% ../nbs/05_vae.ipynb #9cdfe474
 LOG_FLOOR = math.log(1e-5)  # the log-mel of silence (MusicLDM's floor): the value to pad mels with
 
@@ -185,6 +211,12 @@ class AutoencoderKL(nn.Module, Pretrained):
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
         self.discriminator = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers) if cfg.disc_start >= 0 else None
         self.register_buffer("scale_factor", torch.tensor(1.0))  # set by scale_by_std; saved with the weights
+        if cfg.shortcut:   # start as the exact block-average autoencoder: the learned parts add nothing yet
+            z = cfg.z_channels
+            with torch.no_grad():
+                nn.init.zeros_(self.quant_conv.weight[:z]); nn.init.zeros_(self.quant_conv.bias[:z])
+                nn.init.zeros_(self.quant_conv.weight[z:]); self.quant_conv.bias[z:].fill_(-8.0)   # posterior std e^-4
+                nn.init.zeros_(self.decoder.conv_out.weight); nn.init.zeros_(self.decoder.conv_out.bias)
 
     def _check_mel(self, mel) -> torch.Tensor:
         cfg = self.config
@@ -203,7 +235,12 @@ class AutoencoderKL(nn.Module, Pretrained):
         "Posterior q(z | mel) for mels (..., T, F); its mean is (..., z_channels, T / down, F / down)."
         mel = self._check_mel(mel)
         lead = mel.shape[:-2]
-        moments = self.quant_conv(self.encoder(mel.reshape(-1, 1, *mel.shape[-2:])))
+        x = mel.reshape(-1, 1, *mel.shape[-2:])
+        moments = self.quant_conv(self.encoder(x))
+        if self.config.shortcut:
+            cfg = self.config
+            mean, logvar = moments.chunk(2, dim=1)
+            moments = torch.cat([mean + space_to_channel(x - SHORTCUT_CENTER, cfg.down, cfg.f_down, cfg.z_channels), logvar], 1)
         return DiagonalGaussian(moments.reshape(*lead, *moments.shape[1:]))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -212,7 +249,9 @@ class AutoencoderKL(nn.Module, Pretrained):
         if z.shape[-3] != self.config.z_channels:
             raise ValueError(f"z has {z.shape[-3]} channels at dim -3, this VAE's latents have {self.config.z_channels}.")
         lead = z.shape[:-3]
-        mel = self.decoder(self.post_quant_conv(z.reshape(-1, *z.shape[-3:])))
+        z = z.reshape(-1, *z.shape[-3:])
+        mel = self.decoder(self.post_quant_conv(z))
+        if self.config.shortcut: mel = mel + channel_to_space(z, self.config.down, self.config.f_down) + SHORTCUT_CENTER
         return mel.reshape(*lead, *mel.shape[-2:])
 
     def forward(self, mel, sample: bool = True, generator: torch.Generator | None = None):
@@ -325,9 +364,9 @@ class VAETraining(Recipe):
     scale_batch: int = 64             # mels that scale_by_std measures (LDM: the first batch)
     presets: ClassVar[dict] = {
         "tiny": dict(batch_size=8, segment_seconds=1.28,
-                     train=dict(lr=1e-2, steps=60, warmup=5, log_every=5, valid_every=30, ema_decay=0.0)),
+                     train=dict(lr=2e-3, steps=60, warmup=5, log_every=5, valid_every=30, ema_decay=0.0)),
         "toy": dict(batch_size=16, segment_seconds=2.56, crop_frames=128,
-                    train=dict(lr=2e-3, steps=300, warmup=20, log_every=10, valid_every=100, save_every=100, ema_decay=0.0)),
+                    train=dict(lr=2e-3, steps=100, warmup=10, log_every=10, valid_every=50, save_every=50, ema_decay=0.0)),
         "slakh": dict(batch_size=4, segment_seconds=10.24, ldm_optimizer=True,
                       train=dict(lr=8e-6, steps=800_000, warmup=0, schedule="constant", grad_clip=0.0, ema_decay=0.0,
                                  log_every=100, valid_every=5000, save_every=5000))}

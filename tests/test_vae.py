@@ -167,3 +167,21 @@ def test_cli_trains_and_resumes(toy, cache, tmp_path):
     res = subprocess.run([str(exe), "train", "vae", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "msg-edu toy-slakh" in res.stderr
+
+
+def test_shortcut_starts_as_the_block_average_and_keeps_the_latent_shape():
+    "DC-AE's space-to-channel shortcut: an untrained VAE reconstructs the mel averaged over pairs of frames, exactly."
+    seed_everything(0)
+    vae = AutoencoderKL(VAEConfig.preset("toy")).eval()
+    mel = LOG_FLOOR + 8 * torch.rand(3, 32, 64)
+    with torch.no_grad():
+        post = vae.encode(mel)
+        rec = vae.decode(post.mode())
+    assert post.mean.shape == (3, 8, 8, 16)
+    pairs = torch.nn.functional.avg_pool2d(mel[:, None], (2, 1)).repeat_interleave(2, -2)[:, 0]
+    assert torch.allclose(rec, pairs, atol=1e-5)
+    assert float(post.std.max()) < 0.02                      # a nearly deterministic posterior at the start
+    plain = AutoencoderKL(VAEConfig.preset("toy", shortcut=False)).eval()
+    with torch.no_grad(): assert (plain(mel, sample=False)[0] - mel).abs().mean() > 1.0   # without it: noise
+    with pytest.raises(ValueError, match="z_channels must divide"):
+        VAEConfig.preset("toy", z_channels=3)
