@@ -469,6 +469,8 @@ def musicldm_names(cfg: VAEConfig) -> dict[str, list[str]]:
 def to_musicldm_state_dict(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     "Our VAE's weights under MusicLDM's names (q, k, v split; no discriminator, no scale)."
     if not isinstance(vae, AutoencoderKL): raise TypeError(f"vae must be an AutoencoderKL, got {type(vae).__name__}.")
+    if vae.config.shortcut: raise ValueError("MusicLDM's VAE has no shortcut, so this VAE has no MusicLDM equivalent; "
+                                             "export one built with shortcut=False.")
     state, out = vae.state_dict(), {}
     for ours, theirs in musicldm_names(vae.config).items():
         parts = state[ours].detach().cpu().chunk(len(theirs), 0)        # q, k, v are thirds of the fused qkv
@@ -485,6 +487,7 @@ def from_musicldm_state_dict(state: dict, config: VAEConfig | None = None, *, so
                          f"pass vae-ckpt.ckpt, or an MSG-LD checkpoint that includes first_stage_model.*.")
     config = config or VAEConfig(ch=state["encoder.conv_in.weight"].shape[0],
                                  z_channels=state["post_quant_conv.weight"].shape[0], disc_start=-1)
+    if config.shortcut: raise ValueError("MusicLDM's VAE has no shortcut: pass a config with shortcut=False.")
     names = musicldm_names(config)
     theirs = {k: v for k, v in state.items() if k.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv")}
     expected = to_musicldm_state_dict(AutoencoderKL(config.replace(disc_start=-1)))

@@ -89,7 +89,8 @@ def test_pipeline_parts_must_agree():
 
 def test_recipe_checks():
     r = MSGLDTraining.preset("toy")
-    assert r.unet.layout == "msgld" and r.diffusion.p_drop_mix == 0.2 and r.train.ema_decay > 0
+    assert (r.unet.layout, r.unet.mix_cond) == ("stacked", "concat") and r.diffusion.p_drop_mix == 0.2 and r.train.ema_decay > 0
+    assert MSGLDTraining.preset("slakh").unet.layout == "msgld"          # the paper's 3-D U-Net
     assert MSGLDTraining.preset("slakh").diffusion.p_drop_mix == 0.1   # the paper's
     s = MSGLDTraining.preset("slakh")
     assert (s.diffusion.prediction, s.diffusion.schedule, s.diffusion.steps, s.diffusion.eta) == ("eps", "linear", 200, 1.0)
