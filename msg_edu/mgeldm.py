@@ -209,7 +209,7 @@ class MGELDMTraining(LatentTraining):
         "tiny": dict(segment_seconds=1.28, batch_size=4, diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=10),
                      vae=dict(train=dict(steps=20, log_every=5, valid_every=10)),
                      train=dict(lr=2e-3, steps=20, warmup=2, log_every=5, valid_every=10, ema_decay=0.9)),
-        "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=16,
+        "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=16, class_balance=True,
                     diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=20, p_drop_labels=0.2),
                     train=dict(lr=2e-3, steps=800, warmup=30, log_every=20, valid_every=200, save_every=200, ema_decay=0.99)),
         "slakh": dict(segment_seconds=12.8, hop_seconds=6.4, batch_size=64, model=dict(unet=dict(model_channels=192)),
