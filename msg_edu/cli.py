@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e: return e.code if isinstance(e.code, int) else 0   # a usage error (2, its line printed), --help (0)
     try: args.func(args)
     except KeyboardInterrupt:
-        print(f"\nmsg-edu {args.command}: interrupted (Ctrl-C){_interrupted(args)}.", file=sys.stderr)
+        end_bar = "\n" if getattr(sys.stderr, "isatty", lambda: False)() else ""   # a bar may hold the terminal's line
+        print(f"{end_bar}msg-edu {args.command}: interrupted (Ctrl-C){_interrupted(args)}.", file=sys.stderr)
         return 130
     except (MsgEduError, ValueError, TypeError, OSError, RuntimeError) as e:  # DataError is a MsgEduError, FileExistsError an OSError
         print(f"msg-edu {args.command}: error: {_one_line(e)}", file=sys.stderr)
