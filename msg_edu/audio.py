@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from .core import atomic_write, check_int, check_tensor
+from .core import MsgEduError, atomic_write, check_int, check_tensor
 
 # %% auto #0
 __all__ = ['example_music', 'load_audio', 'save_audio', 'resample', 'snr_db', 'play', 'show_mel']
@@ -78,11 +78,11 @@ def load_audio(path: str | os.PathLike, sr: int | None = None, *, mono: bool = F
         stop = None if duration is None else start + int(round(duration * file_sr))
         data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise ValueError(f"could not decode {path}: {e}. msg_edu reads WAV/FLAC/OGG with libsndfile; "
-                         f"re-create the file or convert it (e.g. `ffmpeg -i in.mp3 out.wav`).") from e
+        raise MsgEduError(f"could not decode {path}: {e}. msg_edu reads WAV/FLAC/OGG with libsndfile; "
+                          f"re-create the file or convert it (e.g. `ffmpeg -i in.mp3 out.wav`).") from e
     if data.shape[0] == 0:
-        raise ValueError(f"{path} has no samples in the requested range (offset={offset} s, duration={duration}); "
-                         f"the file holds {info.frames / file_sr:.3f} s.")
+        raise MsgEduError(f"{path} has no samples in the requested range (offset={offset} s, duration={duration}); "
+                          f"the file holds {info.frames / file_sr:.3f} s.")
     wave = check_tensor(torch.from_numpy(data.T.copy()), f"samples of {path}")
     if mono: wave = wave.mean(0, keepdim=True)
     if sr is not None and sr != file_sr:

@@ -6,25 +6,73 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .core import PRESETS, get_device
+from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, get_device
 from .demo import run_demo
 from .metrics import EVAL_LAYOUT, evaluate_dirs, load_embedder
 from .render_midi import render_midi_dataset
 from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
+from .learner import run_contents
 from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
 from .vae import VAETraining, train_vae
 
 # %% auto #0
-__all__ = ['RECIPES', 'build_parser', 'main']
+__all__ = ['COUNT', 'SEED', 'NUMBER', 'SECONDS', 'AUDIO_SECONDS', 'RECIPES', 'build_parser', 'main']
+
+# %% ../nbs/12_cli.ipynb #cc1f9ce5
+class _Parser(argparse.ArgumentParser):
+    "argparse, with a usage error as one line (the flag, what was expected, where the help is) and status 2."
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+def _flag(kind: type, lo: float = -math.inf, *, lo_open: bool = False):
+    "An argparse type: `kind` (int or float) checked by core's check_int / check_number, at least `lo` (> `lo` if `lo_open`)."
+    def parse(text: str):
+        try: value = kind(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        try: return check_int(value, "value", min_value=int(lo)) if kind is int else check_number(value, "value", lo, lo_open=lo_open)
+        except MsgEduError as e: raise argparse.ArgumentTypeError(str(e).replace("`value` ", "").rstrip("."))
+    parse.__name__ = kind.__name__   # argparse names the type in its messages
+    return parse
+
+COUNT, SEED, NUMBER = _flag(int, 1), _flag(int, 0), _flag(float)   # --steps, --n, --jobs...; --seed; --w (finite)
+SECONDS, AUDIO_SECONDS = _flag(float, 0, lo_open=True), _flag(float, 0.25)   # a duration; audio for the model (>= 0.25 s)
+
+@contextlib.contextmanager
+def _notes_printed():
+    "The library also warns what it changed in an input (downmix, resampling); the commands print those notes themselves, once."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+def _check_inputs(paths: list[str], out: str) -> None:
+    "Before any work: every input a readable audio file, no two inputs writing the same output folder, --out writable."
+    import soundfile as sf
+    for p in paths:
+        if not Path(p).is_file():
+            raise MsgEduError(f"input {p} {'is a folder' if Path(p).is_dir() else 'does not exist'}; give audio files (WAV, FLAC, OGG).")
+        try: sf.info(p)
+        except Exception as e:
+            raise MsgEduError(f"input {p} cannot be read as audio ({str(e).strip().splitlines()[-1][:120]}); give WAV, FLAC or OGG files.") from e
+    by_name = {}
+    for p in paths: by_name.setdefault(Path(p).stem, []).append(p)
+    for name, same in by_name.items():
+        if len(same) > 1:
+            raise MsgEduError(f"inputs {' and '.join(same)} would both be written to {Path(out)/name}/, and the second would "
+                              f"overwrite the first; rename one, or run them with different --out folders. Nothing was written.")
+    check_folder(out)
 
 # %% ../nbs/12_cli.ipynb #769214c6
 def _info(args) -> None:
@@ -107,31 +155,39 @@ def _load_pipeline(args) -> MSGLD:
     return MSGLD.from_pretrained(args.model, device=get_device(args.device))
 
 def _separate(args) -> None:
+    _check_inputs(args.inputs, args.out)
     pipe = _load_pipeline(args)
     for path in args.inputs:
-        r = separate_file(pipe, path, args.out, guidance_w=args.w, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                          reconstruct=args.reconstruct, segment_seconds=args.segment)
+        with _notes_printed():
+            r = separate_file(pipe, path, args.out, guidance_w=args.w, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                              reconstruct=args.reconstruct, segment_seconds=args.segment, batch=args.batch, progress=True)
         for note in r["notes"]: print(f"note: {path}: {note}")
         print(f"{path}: {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _generate(args) -> None:
+    check_folder(args.out)
     pipe = _load_pipeline(args)
     folders = generate_files(pipe, args.out, args.n, args.seconds, guidance_w=args.w, sampler=args.sampler,
                              steps=args.steps, seed=args.seed)
-    print(f"{len(folders)} songs of {args.seconds or pipe.segment_seconds:g} s -> {args.out}/gen_*/{{{','.join(pipe.stems)},mix}}.wav")
+    print(f"{len(folders)} songs of {pipe.segment_seconds if args.seconds is None else args.seconds:g} s -> {args.out}/gen_*/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _extract(args) -> None:
+    _check_inputs(args.inputs, args.out)
     pipe = MGELDM.from_pretrained(args.model, device=get_device(args.device))
     for path in args.inputs:
-        r = extract_file(pipe, path, args.out, args.label, guidance_w=args.w, sampler=args.sampler, steps=args.steps,
-                         conditioning=args.conditioning, seed=args.seed)
+        with _notes_printed():
+            r = extract_file(pipe, path, args.out, args.label, guidance_w=args.w, sampler=args.sampler, steps=args.steps,
+                             conditioning=args.conditioning, seed=args.seed, batch=args.batch, progress=True)
         for note in r["notes"]: print(f"note: {path}: {note}")
         print(f"{path}: {args.label!r} extracted from {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}")
 
 def _add_stem(args) -> None:
+    if args.submix is not None: _check_inputs([args.submix], args.out)
+    check_folder(args.out)
     pipe = MGELDM.from_pretrained(args.model, device=get_device(args.device))
-    r = add_stem_file(pipe, args.out, args.label, args.submix, seconds=args.seconds, guidance_w=args.w, sampler=args.sampler,
-                      steps=args.steps, seed=args.seed)
+    with _notes_printed():
+        r = add_stem_file(pipe, args.out, args.label, args.submix, seconds=args.seconds, guidance_w=args.w, sampler=args.sampler,
+                          steps=args.steps, seed=args.seed)
     for note in r["notes"]: print(f"note: {note}")
     print(f"added {args.label!r} to {args.submix or 'silence'} -> " + ", ".join(str(f) for f in r["files"]))
 
@@ -149,44 +205,44 @@ def _import(args) -> None:
 def _sampling_args(parser, w: float, kind: str = "MSG-LD", train: str = "msgld") -> None:
     parser.add_argument("--model", required=True, help=f"a trained {kind} pipeline: the OUT/model folder of `train {train}`")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--w", type=float, default=w, help=f"classifier-free guidance weight (default {w:g})")
+    parser.add_argument("--w", type=NUMBER, default=w, help=f"classifier-free guidance weight (default {w:g})")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="default: the model's")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=COUNT, help="sampling steps (default: the model's)")
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `msg-edu` argument parser (one subcommand per task)."
-    p = argparse.ArgumentParser(prog="msg-edu", description="msg_edu: multi-track latent diffusion for music, from scratch.")
+    p = _Parser(prog="msg-edu", description="msg_edu: multi-track latent diffusion for music, from scratch.")
     p.add_argument("--version", action="version", version=f"msg_edu {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run (or resume) the end-to-end demo and write its report (chapter 13)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo); a rerun reuses what is there")
     d.add_argument("--preset", default="toy", choices=("tiny", "toy"), help="toy: `make demo`, ~11 min on 2 cores; tiny: a minute, for tests")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=SEED, default=0)
     d.set_defaults(func=_demo)
     t = sub.add_parser("toy-slakh", help="write a ToySlakh dataset in Slakh2100's layout")
     t.add_argument("--out", required=True, help="dataset root to write")
     t.add_argument("--preset", default="toy", choices=PRESETS, help="tiny: 6 x 4 s at 16 kHz, toy: 48 x 12 s, slakh: 200 x 30 s")
-    t.add_argument("--tracks", type=int, help="number of tracks (train/validation/test split 70/15/15)")
-    t.add_argument("--seconds", type=float, help="length of each track")
-    t.add_argument("--sr", type=int, help="sample rate (Slakh2100: 44100)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--tracks", type=_flag(int, 3), help="number of tracks (train/validation/test split 70/15/15)")
+    t.add_argument("--seconds", type=_flag(float, 1), help="length of each track (at least 1)")
+    t.add_argument("--sr", type=_flag(int, 8000), help="sample rate (Slakh2100: 44100)")
+    t.add_argument("--seed", type=SEED)
     t.add_argument("--fmt", choices=("flac", "wav"), help="flac like Slakh2100, wav like BabySlakh")
     t.add_argument("--synth", choices=("sf2", "osc"), help="sf2: a General MIDI SoundFont (default), osc: the oscillators")
     t.add_argument("--sf2", help="the SoundFont to play (default: pretty_midi's TimGM6mb.sf2)")
-    t.add_argument("--jobs", type=int, help="parallel writers (default: the CPU count, at most 4)")
+    t.add_argument("--jobs", type=COUNT, help="parallel writers (default: the CPU count, at most 4)")
     t.add_argument("--overwrite", action="store_true", help="replace a different dataset already at --out")
     t.set_defaults(func=_toy_slakh)
     m = sub.add_parser("render-midi", help="render a folder of MIDI files into a Slakh2100-layout dataset (resumable)")
     m.add_argument("--midi", required=True, help="folder of .mid/.midi files, searched recursively (e.g. Lakh MIDI's lmd_full)")
     m.add_argument("--out", required=True, help="dataset root to write: {train,validation,test}/TrackNNNNN/")
     m.add_argument("--sf2", help="the SoundFont to play (default: pretty_midi's TimGM6mb.sf2)")
-    m.add_argument("--sr", type=int, default=44100, help="sample rate (default 44100, as Slakh2100)")
+    m.add_argument("--sr", type=_flag(int, 8000), default=44100, help="sample rate (default 44100, as Slakh2100)")
     m.add_argument("--fmt", choices=("flac", "wav"), default="flac")
-    m.add_argument("--jobs", type=int, help="parallel workers (default: the CPU count, at most 4)")
-    m.add_argument("--limit", type=int, help="render only the first N files (sorted by path)")
-    m.add_argument("--max-seconds", type=float, default=600.0, help="skip files longer than this (default 600)")
+    m.add_argument("--jobs", type=COUNT, help="parallel workers (default: the CPU count, at most 4)")
+    m.add_argument("--limit", type=COUNT, help="render only the first N files (sorted by path)")
+    m.add_argument("--max-seconds", type=SECONDS, default=600.0, help="skip files longer than this (default 600)")
     m.add_argument("--overwrite", action="store_true", help="replace a dataset rendered with other settings")
     m.set_defaults(func=_render_midi)
     r = sub.add_parser("train", help="train a model on a Slakh2100-layout dataset (resumable)")
@@ -195,10 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, the trained model, metrics.json")
     r.add_argument("--preset", default="toy", choices=PRESETS, help="tiny: seconds, toy: minutes on a CPU, slakh: the paper's")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    r.add_argument("--steps", type=int, help="train this many updates instead of the preset's")
+    r.add_argument("--steps", type=COUNT, help="train this many updates instead of the preset's")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     r.add_argument("--cache", help="where decoded 16 kHz audio is cached (default: $MSG_EDU_CACHE or ~/.cache/msg_edu)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=SEED, default=0)
     r.add_argument("--vae", help="msgld: a trained VAE folder to use instead of training one into OUT/vae")
     r.add_argument("--dry-run", action="store_true", help="msgld: print parameters, estimated memory, steps per epoch; train nothing")
     r.set_defaults(func=_train)
@@ -207,23 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(s, 1.0)
     s.add_argument("--reconstruct", choices=("mixture", "vocoder"), default="mixture",
                    help="mixture: split the mixture's STFT (stems sum to it; default); vocoder: synthesise each stem")
-    s.add_argument("--segment", type=float, help="seconds per separated segment (default: the model's training segment)")
+    s.add_argument("--segment", type=AUDIO_SECONDS, help="seconds per separated segment, at least 0.25 (default: the model's training segment)")
+    s.add_argument("--batch", type=COUNT, default=4, help="segments separated together (default 4): memory, not length, grows with it")
     s.set_defaults(func=_separate)
     g = sub.add_parser("generate", help="generate four-stem songs with a trained MSG-LD")
     _sampling_args(g, 0.0)
-    g.add_argument("--n", type=int, default=1, help="how many songs")
-    g.add_argument("--seconds", type=float, help="length (default: the model's training segment)")
+    g.add_argument("--n", type=COUNT, default=1, help="how many songs")
+    g.add_argument("--seconds", type=AUDIO_SECONDS, help="length, at least 0.25 (default: the model's training segment)")
     g.set_defaults(func=_generate)
     x = sub.add_parser("extract", help="extract a stem by its instrument name with a trained MGE-LDM")
     x.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
     x.add_argument("--label", required=True, help="the instrument to extract, e.g. bass, 'electric piano', strings")
     _sampling_args(x, 1.0, "MGE-LDM", "mgeldm")
     x.add_argument("--conditioning", choices=("tdpaint", "replace"), help="mixture given at t = 0 (default) or re-noised (RePaint)")
+    x.add_argument("--batch", type=COUNT, default=4, help="segments processed together (default 4)")
     x.set_defaults(func=_extract)
     a = sub.add_parser("add-stem", help="add a stem of an instrument to a submix (or to silence) with a trained MGE-LDM")
     a.add_argument("--label", required=True, help="the instrument to add")
     a.add_argument("--submix", help="the audio to add it to (default: silence of --seconds)")
-    a.add_argument("--seconds", type=float, help="length when there is no --submix (default: the model's segment)")
+    a.add_argument("--seconds", type=AUDIO_SECONDS, help="length when there is no --submix, at least 0.25 (default: the model's segment)")
     _sampling_args(a, 1.0, "MGE-LDM", "mgeldm")
     a.set_defaults(func=_add_stem)
     i = sub.add_parser("import", help="build a model folder from the authors' released weights (read safely, never downloaded)")
@@ -243,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", required=True, help="folder of song folders with the reference stems (e.g. MSDM's slakh2100/test)")
     e.add_argument("--out", help="where metrics_<task>.json and .csv go (default: --pred)")
     e.add_argument("--stems", help="comma-separated stems to score (default: those in the folders)")
-    e.add_argument("--sr", type=int, help="rate to read and score at (default: the reference files' rate; MSDM: 22050)")
+    e.add_argument("--sr", type=_flag(int, 8000), help="rate to read and score at (default: the reference files' rate; MSDM: 22050)")
     e.add_argument("--trim", action="store_true", help="separation: trim estimate and reference to the shorter (counted)")
     e.add_argument("--embedder", help="generation: folder of a trained InstrumentEmbedder (msg_edu.metrics.train_embedder)")
     e.add_argument("--embedder-data", help="generation: a Slakh-layout dataset to train the --embedder folder on if it is empty")
@@ -254,11 +312,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="print versions, device and threads").set_defaults(func=_info)
     return p
 
+# %% ../nbs/12_cli.ipynb #287ff60e
+def _interrupted(args) -> str:
+    "What the line after a Ctrl-C tells the user to do."
+    if args.command == "train" and not getattr(args, "dry_run", False):
+        found = run_contents(args.out)
+        return (f"; the run in {args.out} keeps its checkpoints: rerun the same command with --resume to continue" if found
+                else f"; nothing was trained yet: rerun the command to start again")
+    return "; every file already written is complete, the one being written was left out"
+
+def _one_line(e: BaseException) -> str:
+    text = (getattr(e, "cli", None) or str(e) or type(e).__name__).strip()
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `msg-edu` console script."
-    args = build_parser().parse_args(argv)
+    "Entry point of the `msg-edu` console script: 0 done, 2 a user error, 130 Ctrl-C, 1 a bug (one line each)."
+    try: args = build_parser().parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 0   # a usage error (2, its line printed), --help (0)
     try: args.func(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as e:  # DataError is a ValueError, FileExistsError an OSError
-        print(f"msg-edu {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        end_bar = "\n" if getattr(sys.stderr, "isatty", lambda: False)() else ""   # a bar may hold the terminal's line
+        print(f"{end_bar}msg-edu {args.command}: interrupted (Ctrl-C){_interrupted(args)}.", file=sys.stderr)
+        return 130
+    except (MsgEduError, ValueError, TypeError, OSError, RuntimeError) as e:  # DataError is a MsgEduError, FileExistsError an OSError
+        print(f"msg-edu {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if os.environ.get("MSG_EDU_TRACEBACK", "") not in ("", "0"): raise
+        print(f"msg-edu {args.command}: internal error ({type(e).__name__}: {_one_line(e)[:300]}). This is a bug in msg_edu, "
+              f"not in your input: please report it with the output of `msg-edu info`; MSG_EDU_TRACEBACK=1 shows the "
+              f"traceback.", file=sys.stderr)
+        return 1
     return 0

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+import sys
 import tempfile
+import time
 import types
 import typing
 from contextlib import contextmanager
@@ -21,9 +24,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRESETS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'check_tensor',
-           'check_int', 'atomic_write', 'Config', 'Recipe', 'save_pretrained', 'load_config', 'check_state_dict',
-           'from_pretrained', 'Pretrained', 'read_checkpoint', 'checkpoint_kind', 'n_params', 'fmt_count']
+__all__ = ['PRESETS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError',
+           'check_tensor', 'check_int', 'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe',
+           'save_pretrained', 'load_config', 'check_state_dict', 'from_pretrained', 'Pretrained', 'read_json',
+           'read_weights', 'read_checkpoint', 'checkpoint_kind', 'n_params', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -72,6 +76,12 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 # %% ../nbs/00_core.ipynb #295ffa05
+class MsgEduError(ValueError):
+    "Something the user gave (a value, a file, a folder) is wrong: the message names it, what was expected and what to do."
+    def __init__(self, message: str, *, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli   # the same advice in `msg-edu` terms (flags, not keyword arguments), when it differs
+
 def check_tensor(x, name: str, *, ndim: int | tuple[int, ...] | None = None, min_ndim: int | None = None,
                  finite: bool = True, floating: bool = True) -> torch.Tensor:
     "Return `x` as a tensor after checking type, rank and finiteness; errors name `name` and the fix."
@@ -84,17 +94,17 @@ def check_tensor(x, name: str, *, ndim: int | tuple[int, ...] | None = None, min
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
-            raise ValueError(f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, "
-                             f"got shape {tuple(x.shape)}.")
+            raise MsgEduError(f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, "
+                              f"got shape {tuple(x.shape)}.")
     if min_ndim is not None and x.ndim < min_ndim:
-        raise ValueError(f"`{name}` must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}.")
+        raise MsgEduError(f"`{name}` must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}.")
     if finite and (x.is_floating_point() or x.is_complex()):
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
             first = tuple(int(i) for i in torch.nonzero(bad)[0])
-            raise ValueError(f"`{name}` has {n_nan} NaN and {n_inf} Inf values (first at index {first}); "
-                             f"fix the step that produced it or clean it with torch.nan_to_num.")
+            raise MsgEduError(f"`{name}` has {n_nan} NaN and {n_inf} Inf values (first at index {first}); "
+                              f"fix the step that produced it or clean it with torch.nan_to_num.")
     return x
 
 def check_int(value, name: str, *, min_value: int | None = None) -> int:
@@ -102,8 +112,20 @@ def check_int(value, name: str, *, min_value: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be an integer, got {value!r}.")
     if min_value is not None and value < min_value:
-        raise ValueError(f"`{name}` must be >= {min_value}, got {value}.")
+        raise MsgEduError(f"`{name}` must be >= {min_value}, got {value}.")
     return int(value)
+
+def check_number(value, name: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False,
+                 hi_open: bool = False) -> float:
+    "`value` as a float after checking it is a finite number in [lo, hi] (open at either end); errors name `name`."
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    v = float(value)
+    if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
+        want = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo > -math.inf else []) + \
+               ([f"{'<' if hi_open else '<='} {hi:g}"] if hi < math.inf else [])
+        raise MsgEduError(f"`{name}` must be a finite number{' ' + ' and '.join(want) if want else ''}, got {value!r}.")
+    return v
 
 # %% ../nbs/00_core.ipynb #e07cee7a
 @contextmanager
@@ -123,6 +145,57 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)
         raise
+
+def check_folder(path: str | os.PathLike) -> Path:
+    "`path` as an output folder that exists and can be written (made if missing), checked before work that would end by writing there."
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MsgEduError(f"the output folder {path} is a file; give the path of a folder (it is made if missing).")
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MsgEduError(f"the output folder {path} cannot be made ({e.strerror or e}); give a folder you can write to.") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MsgEduError(f"the output folder {path} is not writable; give a folder you can write to.")
+    return path
+
+# %% ../nbs/00_core.ipynb #7fad4c0b
+def _live(file) -> bool:
+    "Whether progress can be drawn in place: a terminal, or a notebook (tqdm.auto's widget)."
+    return getattr(file, "isatty", lambda: False)() or "ipykernel" in sys.modules
+
+class Progress:
+    "Progress over `total` items on stderr: a tqdm bar with ETA on a terminal or notebook, else one plain line per `interval` seconds."
+    def __init__(self, total: int, desc: str, *, unit: str = "item", interval: float = 30.0, enabled: bool = True, file=None,
+                 initial: int = 0):
+        self.total, self.desc, self.unit, self.interval = check_int(total, "total", min_value=0), desc, unit, interval
+        self.file, self.enabled, self.n, self.start, self.bar, self.postfix = file or sys.stderr, enabled, initial, initial, None, {}
+        self.t0 = self.last = time.monotonic()
+        if enabled and _live(self.file):
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.file, dynamic_ncols=True)
+
+    def set_postfix(self, values: dict):
+        "Values shown after the count (e.g. the latest losses)."
+        self.postfix = dict(values)
+        if self.bar is not None: self.bar.set_postfix(self.postfix, refresh=False)
+
+    def update(self, k: int = 1):
+        self.n += k
+        if self.bar is not None: self.bar.update(k); return
+        now = time.monotonic()
+        if self.enabled and (now - self.last >= self.interval or (self.n >= self.total and now - self.t0 >= self.interval)):
+            self.last, done = now, self.n - self.start
+            elapsed, left = now - self.t0, (now - self.t0) / done * (self.total - self.n) if done else float("nan")
+            def hms(s): return "?" if not math.isfinite(s) else f"{int(s) // 60}:{int(s) % 60:02d}"
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * self.n / max(self.total, 1):.0f}%), "
+                  f"{hms(elapsed)} elapsed, ETA {hms(left)}{extra}", file=self.file, flush=True)
+
+    def close(self):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/00_core.ipynb #feec5cb6
 _CONFIG_TYPES: dict[str, type] = {}
@@ -226,16 +299,14 @@ def load_config(directory: str | os.PathLike) -> tuple[dict, Config]:
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {Path(directory)!s}: pass a directory written by "
                                 f"save_pretrained (it holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
-    try: meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, save the model again.") from e
-    missing = {"model_class", "config_class", "config"} - set(meta)
-    if missing: raise ValueError(f"{path} lacks the key(s) {sorted(missing)}; it was not written by save_pretrained.")
+    fix = "Copy the model folder again, or save (train) the model again."
+    meta = read_json(path, {"model_class": str, "config_class": str, "config": dict}, fix=fix)
     cfg_cls = _CONFIG_TYPES.get(meta["config_class"])
     if cfg_cls is None:
-        raise ValueError(f"{path} needs config class {meta['config_class']!r}, which is not defined; "
-                         f"import the msg_edu module that defines it first.")
-    return meta, cfg_cls.from_dict(meta["config"])
+        raise MsgEduError(f"{path} needs config class {meta['config_class']!r}, which is not defined; "
+                          f"import the msg_edu module that defines it first.")
+    try: return meta, cfg_cls.from_dict(meta["config"])
+    except (TypeError, ValueError) as e: raise MsgEduError(f"{path}: its config does not build ({e}) {fix}") from e
 
 # %% ../nbs/00_core.ipynb #c0a1b2c4
 def check_state_dict(state: dict, expected: dict, source, model: str, hint: str = "") -> None:
@@ -245,20 +316,20 @@ def check_state_dict(state: dict, expected: dict, source, model: str, hint: str 
               for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or shapes:
         def few(xs): return (xs[:5] + [f"... {len(xs) - 5} more"]) if len(xs) > 5 else xs
-        raise ValueError(f"the weights in {source} do not fit {model}: missing {few(missing)}, unexpected {few(unexpected)}, "
-                         f"shape mismatches {few(shapes)}." + (f" {hint}" if hint else ""))
+        raise MsgEduError(f"the weights in {source} do not fit {model}: missing {few(missing)}, unexpected {few(unexpected)}, "
+                          f"shape mismatches {few(shapes)}." + (f" {hint}" if hint else ""))
 
 def from_pretrained(cls: type, directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     "Rebuild `cls(config)` from `directory` and load its weights (checked against the model's shapes)."
     meta, cfg = load_config(directory)
     if meta["model_class"] != cls.__name__:
-        raise ValueError(f"{Path(directory)!s} holds a {meta['model_class']}, not a {cls.__name__}; "
+        raise MsgEduError(f"{Path(directory)!s} holds a {meta['model_class']}, not a {cls.__name__}; "
                          f"load it with {meta['model_class']}.from_pretrained(...).")
     wpath = Path(directory)/WEIGHTS_NAME
     if not wpath.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {Path(directory)!s}; the save did not finish, save it again.")
     model = cls(cfg)
-    state = _load_safetensors(str(wpath), device=str(device))
+    state = read_weights(wpath, device, fix="Copy the model folder again, or save (train) the model again.")
     from msg_edu import __version__
     saved_by = meta.get("msg_edu_version", "an unknown version")
     hint = ("config.json and model.safetensors come from different models; save the model again." if saved_by == __version__
@@ -273,6 +344,40 @@ class Pretrained:
     def save_pretrained(self, directory): return save_pretrained(self, directory)
     @classmethod
     def from_pretrained(cls, directory, device="cpu"): return from_pretrained(cls, directory, device)
+
+# %% ../nbs/00_core.ipynb #e92ad4e4
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
+               type(None): "null"}
+
+def read_json(path: str | os.PathLike, keys: dict[str, type | tuple[type, ...]] | None = None, *, fix: str = "") -> dict:
+    "The JSON object in `path`, holding `keys` (name -> expected type); a damaged or foreign file raises MsgEduError naming it."
+    path, fix = Path(path), (f" {fix}" if fix else "")
+    try: obj = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MsgEduError(f"{path} is not valid JSON ({e}); the file is damaged or is not what msg_edu wrote.{fix}") from e
+    if not isinstance(obj, dict):
+        raise MsgEduError(f"{path} holds {_JSON_TYPES.get(type(obj), type(obj).__name__)}, not a JSON object; it is not what "
+                          f"msg_edu wrote.{fix}")
+    for k, tp in (keys or {}).items():
+        if k not in obj: raise MsgEduError(f"{path} lacks the key {k!r}; the file is damaged or is not what msg_edu wrote.{fix}")
+        if not isinstance(obj[k], tp) or (tp is not bool and isinstance(obj[k], bool) and bool not in (tp if isinstance(tp, tuple) else (tp,))):
+            want = " or ".join(sorted({_JSON_TYPES.get(t, t.__name__) for t in (tp if isinstance(tp, tuple) else (tp,))}))
+            raise MsgEduError(f"{path}: {k!r} must be {want}, got {_JSON_TYPES.get(type(obj[k]), type(obj[k]).__name__)}; the "
+                              f"file is damaged or is not what msg_edu wrote.{fix}")
+    return obj
+
+def read_weights(path: str | os.PathLike, device: str | torch.device = "cpu", *, fix: str = "") -> dict[str, torch.Tensor]:
+    "The tensors of a safetensors file, checked complete (it parses) and finite; a damaged file raises MsgEduError naming it."
+    path, fix = Path(path), (f" {fix}" if fix else "")
+    try: state = _load_safetensors(str(path), device=str(device))
+    except Exception as e:    # safetensors' SafetensorError (truncated, not safetensors) and OSError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise MsgEduError(f"{path} is damaged or incomplete (safetensors: {first}).{fix}") from e
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise MsgEduError(f"{path} holds NaN or Inf in {len(bad)} tensor(s), first {bad[0]!r}: damaged weights, or saved from "
+                          f"a run that diverged.{fix}")
+    return state
 
 # %% ../nbs/00_core.ipynb #774df77c
 def read_checkpoint(path: str | os.PathLike, what: str) -> dict:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .audio import load_audio
-from .core import atomic_write, check_int, check_tensor
+from .core import MsgEduError, atomic_write, check_int, check_tensor
 from .toyslakh import ToySlakhConfig, make_toy_slakh  # re-exported: msg_edu.data.make_toy_slakh
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ CLASS_ALIASES = {"Strings (continued)": "Strings", "Sound effects": "Sound Effec
 MSDM_STEMS = ("bass", "drums", "guitar", "piano")  # MSDM's and MSG-LD's four stems (file names of MSDM's copy)
 SILENCE_THRESHOLD = 1.5e-5                          # MSDM: silent when ||x||_2 / N < 1.5e-5
 
-class DataError(ValueError):
+class DataError(MsgEduError):
     "A dataset file or folder is missing or malformed; the message names it and says what to do."
 
 def canonical_class(name: str) -> str:
@@ -209,8 +209,10 @@ class SlakhIndex:
         folder = self.root if split is None else self.root / split
         if split is not None and not folder.is_dir():
             present = [s for s in SPLITS if (self.root / s).is_dir()]
-            raise DataError(f"{self.root} has no {split}/ folder (it has {present or 'no split folders'}); "
-                            f"pass split=None for a flat folder of tracks.")
+            have = f"{self.root} has no {split}/ folder (it has {present or 'no split folders'})"
+            raise DataError(f"{have}; pass split=None for a flat folder of tracks.",
+                            cli=f"{have}; --data must be a dataset root with train/, validation/ and test/ folders of "
+                                f"Track* folders (Slakh2100's layout; `msg-edu toy-slakh` writes one).")
         dirs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("Track"))
         if not dirs:
             raise DataError(f"{folder} holds no Track* folders: an empty split. Check the path "

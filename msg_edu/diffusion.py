@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from .core import Config, check_int, check_tensor
+from .core import Config, check_int, check_number, check_tensor
 
 # %% auto #0
 __all__ = ['LOG_SNR_RANGE', 'SCHEDULES', 'PREDICTIONS', 'T_PATTERNS', 'CONDITIONING', 'SAMPLERS', 'TOY_BASS', 'TOY_DRUMS',
@@ -668,8 +668,9 @@ class DiffusionConfig(Config):
                steps: int | None = None, callback=None, generator: torch.Generator | None = None,
                schedule: Schedule | None = None) -> torch.Tensor:
         "Sample with this config's sampler, steps, grid, conditioning and guidance weight (overridable per call)."
-        w = self.guidance_w if guidance_w is None else guidance_w
+        w = self.guidance_w if guidance_w is None else check_number(guidance_w, "guidance_w")
+        steps = self.steps if steps is None else check_int(steps, "steps", min_value=1)   # 0 is an error, not "the default"
         kw = dict(eta=self.eta) if self.sampler == "ddim" else {}
-        return get_sampler(self.sampler)(guided(model, w), x_T, schedule or self.build_schedule(), steps or self.steps,
+        return get_sampler(self.sampler)(guided(model, w), x_T, schedule or self.build_schedule(), steps,
                                          cond=cond, known=known, known_mask=known_mask, conditioning=self.conditioning,
                                          spacing=self.spacing, t_end=self.t_end, callback=callback, generator=generator, **kw)

@@ -29,24 +29,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
-from .core import Config, atomic_write, check_int, get_device
+from .core import Config, MsgEduError, Progress, atomic_write, check_folder, check_int, check_number, get_device
 
 # %% auto #0
 __all__ = ['EVENTS', 'CKPT_WEIGHTS', 'CKPT_STATE', 'CKPT_FORMAT', 'TrainConfig', 'lr_factor', 'Callback', 'CancelFit',
            'NonFiniteLossError', 'NaNGuard', 'GradClip', 'EMA', 'ProgressBar', 'CSVLogger', 'TensorBoardLogger',
            'read_log', 'plot_history', 'Phase', 'to_device', 'rng_state', 'set_rng_state', 'init_distributed',
-           'make_loader', 'Learner', 'save_checkpoint', 'find_checkpoint', 'has_checkpoint', 'check_run_folder',
-           'read_checkpoint', 'load_checkpoint']
+           'make_loader', 'Learner', 'save_checkpoint', 'find_checkpoint', 'has_checkpoint', 'run_contents',
+           'RunExistsError', 'NoRunError', 'check_run_folder', 'read_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/04_learner.ipynb #98d6bd38
-def _check_number(value, name: str, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False) -> float:
-    "`value` as a float after checking its type and range ([lo, hi], or open at either end); errors name the argument."
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    v = float(value)
-    if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
-        raise ValueError(f"`{name}` must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value!r}.")
-    return v
+_check_number = check_number   # (it was born here; chapter 00 now has it for every chapter)
 
 @dataclasses.dataclass
 class TrainConfig(Config):
@@ -196,17 +189,16 @@ class EMA(Callback):
 
 # %% ../nbs/04_learner.ipynb #65c71e74
 class ProgressBar(Callback):
-    "A tqdm bar over the updates (a widget in notebooks, text in terminals) showing the latest losses."
+    "Progress over the updates with the latest losses: a bar in notebooks and terminals, a plain line every 30 s in a log file."
     order = 90
     def before_fit(self, learn):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=learn.stop_step, initial=learn.step, desc="train", disable=learn.rank != 0, dynamic_ncols=True)
+        self.bar = Progress(learn.stop_step, "train", unit="update", initial=learn.step, enabled=learn.rank == 0)
         self.shown = {}
     def after_step(self, learn): self.bar.update(1)
     def after_log(self, learn):  # the latest value of every loss, train and validation
         if getattr(self, "bar", None) is None: return  # validate() called outside fit
         self.shown.update({k: f"{v:.4g}" for k, v in learn.last_row.items() if "loss" in k})
-        self.bar.set_postfix(self.shown, refresh=False)
+        self.bar.set_postfix(self.shown)
     def after_fit(self, learn): self.bar.close(); self.bar = None
 
 class CSVLogger(Callback):
@@ -611,6 +603,10 @@ class Learner:
                     self._save_checkpoint()
         except CancelFit:
             if self.out is not None and self._saved_step != self.step: self._save_checkpoint()
+        except KeyboardInterrupt as e:   # Ctrl-C: keep the updates done so far, so that a resume continues from here
+            self.error = e
+            if self.out is not None and self.step > 0 and self._saved_step != self.step: self._save_checkpoint()
+            raise
         except BaseException as e:
             self.error = e
             raise
@@ -757,14 +753,28 @@ def has_checkpoint(path: str | os.PathLike) -> bool:
     try: find_checkpoint(path); return True
     except FileNotFoundError: return False
 
-def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
-    "Guard of every training command: never start over an existing run, never 'resume' one that is not there."
+def run_contents(out: str | os.PathLike) -> list[str]:
+    "What of a training run a folder holds: checkpoints in it or in a sub-folder (MSG-LD keeps them in vae/ and unet_run/), a finished run's metrics.json."
     out = Path(out)
-    if resume and not has_checkpoint(out):
-        raise FileNotFoundError(f"resume=True (--resume) but {out} holds no checkpoint to resume from; start a new run without it.")
-    if not resume and has_checkpoint(out):
-        raise FileExistsError(f"{out} already holds checkpoints of a run: pass resume=True (--resume) to continue it, "
-                              f"or choose another output folder.")
+    if not out.is_dir(): return []
+    found = ["checkpoints"] if has_checkpoint(out) else []
+    found += [f"{d.name}/ (checkpoints)" for d in sorted(out.iterdir())
+              if d.is_dir() and d.name != "checkpoints" and not d.name.startswith("step_") and has_checkpoint(d)]
+    return found + (["metrics.json"] if (out/"metrics.json").is_file() else [])
+
+class RunExistsError(MsgEduError, FileExistsError): "The output folder holds a training run already."
+class NoRunError(MsgEduError, FileNotFoundError): "There is no run of this kind to resume."
+
+def check_run_folder(out: str | os.PathLike, resume: bool, runs: tuple[str, ...] = ()) -> Path:
+    "Guard of every training command: never start over any kind of run, never 'resume' one that is not there (or not this kind)."
+    out = check_folder(out)
+    found, own = run_contents(out), [out/r for r in runs] or [out]   # `runs`: the sub-folders a pipeline's run keeps checkpoints in
+    if resume and not any(has_checkpoint(p) for p in own):
+        what = f"a run of another kind ({', '.join(found)})" if found else "no checkpoint"
+        raise NoRunError(f"resume=True (--resume) but {out} holds {what} to resume from; start a new run in an empty folder.")
+    if not resume and found:
+        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass resume=True (--resume) to continue "
+                          f"it, or choose another output folder; nothing was changed.")
     return out
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -833,9 +843,11 @@ def load_checkpoint(learn: Learner, path: str | os.PathLike, strict: bool = True
     weights, state = read_checkpoint(folder)
     problems = _mismatches(learn, weights, state, strict)
     if problems:
-        raise ValueError(f"checkpoint {folder} does not match this Learner:\n  - " + "\n  - ".join(problems) +
-                         "\nBuild the Learner with the model, phases and TrainConfig the run was started with" +
-                         (" (or pass strict=False to continue with changed training settings)." if strict else "."))
+        listed = f"checkpoint {folder} does not match this Learner:\n  - " + "\n  - ".join(problems)
+        raise MsgEduError(listed + "\nBuild the Learner with the model, phases and TrainConfig the run was started with" +
+                          (" (or pass strict=False to continue with changed training settings)." if strict else "."),
+                          cli=f"the run in {path} was started with other settings ({'; '.join(problems)[:300]}); resume it "
+                              f"with the --preset and --steps it was started with, or start a new run in another --out.")
     learn.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
     for name, opt in learn.opts.items(): opt.load_state_dict(state["optimizers"][name])
     for name, sched in learn.scheds.items(): sched.load_state_dict(state["schedulers"][name])

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import Config, Pretrained, atomic_write, check_int, check_tensor, get_device
+from .core import Config, Pretrained, atomic_write, check_folder, check_int, check_number, check_tensor, get_device
 from .data import CLASS_ALIASES, SLAKH_CLASSES, SlakhIndex, TripletDataset
 from .diffusion import Cond, DiffusionConfig
 from .mel import MelFrontend
-from .msgld import (LatentTraining, by_segments, describe_folder, finish_run, fit_denoiser, fit_frames, last_loss,
-                           latent_frames, latents_path, load_or_encode, prepare_audio, restore_frames, start_run)
+from .msgld import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
+                           last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
+                           restore_frames, start_run)
 from .unet import MultiTrackUNet, UNetConfig
 from .vae import AutoencoderKL
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
@@ -280,7 +281,7 @@ class MGELDM(nn.Module):
                  sampler: str | None = None, steps: int | None = None, generator=None) -> dict:
         "Total generation: mix, submix and a source of `label`, all from noise. {'mix', 'submix', 'source', 'mels'}."
         n = check_int(n, "n", min_value=1)
-        n_samples = int((seconds or self.segment_seconds) * self.sr)
+        n_samples = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
         frames, zshape = self._frames(n_samples)
         z = self.sample((n, 3, *zshape), label, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=generator)
         mels = restore_frames(self.vae.decode_latent(z), frames)
@@ -322,7 +323,7 @@ class MGELDM(nn.Module):
         "Iterative partial generation of `n` songs from silence: one stem per label, each given the sum of those before."
         if isinstance(labels, str) or not labels: raise ValueError("labels must be a non-empty list of instrument names, e.g. ['drums', 'bass'].")
         for label in labels: self.model.labels.token_ids(label)          # unknown labels fail before any sampling
-        N = int((seconds or self.segment_seconds) * self.sr)
+        N = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
         submix, stems, mixes = torch.zeros(check_int(n, "n", min_value=1), 1, N, device=self.device), [], []
         for label in labels:
             r = self.add_stem(submix, label, generator=generator, **kw)
@@ -345,29 +346,32 @@ class MGELDM(nn.Module):
         if not meta_path.is_file():
             raise ValueError(f"{directory} is not an MGE-LDM model directory: {describe_folder(directory)}. Train one with `msg-edu train mgeldm` "
                              f"and pass its out/model.")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != MGELDM_FORMAT: raise ValueError(f"{meta_path} has format {meta.get('format')!r}; this msg_edu reads {MGELDM_FORMAT!r}.")
+        meta = pipeline_meta(meta_path, MGELDM_FORMAT, {"diffusion": dict})
         vocoder = HiFiGAN.from_pretrained(directory/"vocoder", device) if meta.get("vocoder") else None
-        return cls(AutoencoderKL.from_pretrained(directory/"vae", device), TripletDenoiser.from_pretrained(directory/"model", device),
-                   DiffusionConfig.from_dict(meta["diffusion"]), vocoder, meta.get("segment_seconds", 10.24)).to(device)
+        vae, model = AutoencoderKL.from_pretrained(directory/"vae", device), TripletDenoiser.from_pretrained(directory/"model", device)
+        with pipeline_parts(meta_path):
+            return cls(vae, model, DiffusionConfig.from_dict(meta["diffusion"]), vocoder,
+                       check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True)).to(device)
 
 # %% ../nbs/11_mgeldm.ipynb #364811c6
 def extract_file(pipe: MGELDM, path, out, label: str, *, guidance_w: float = 1.0, sampler: str | None = None,
-                 steps: int | None = None, conditioning: str | None = None, seed: int = 0) -> dict:
-    "Extract `label` from an audio file, segment by segment: out/<file stem>/{<label>, submix, mix}.wav at the model's rate."
+                 steps: int | None = None, conditioning: str | None = None, seed: int = 0, batch: int = 4,
+                 progress: bool = False) -> dict:
+    "Extract `label` from an audio file, `batch` segments at a time: out/<file stem>/{<label>, submix, mix}.wav at the model's rate."
     from msg_edu.audio import load_audio, save_audio
     if not isinstance(pipe, MGELDM): raise TypeError(f"pipe must be an MGELDM, got {type(pipe).__name__}.")
     pipe.model.labels.token_ids(label)                                   # an unknown label fails before any work
+    check_sampling(guidance_w, steps)
     wave, sr = load_audio(path)
     mix, notes = pipe.prepare(wave, sr, "mixture")
     L, N = int(round(pipe.segment_seconds * pipe.sr)), mix.shape[-1]
+    folder = check_folder(Path(out)/Path(path).stem)                     # before the work, not after it
     g = torch.Generator(pipe.device).manual_seed(seed)
     def extract(segs):
         r = pipe.extract(segs, label, guidance_w=guidance_w, sampler=sampler, steps=steps, conditioning=conditioning, generator=g)
         return torch.stack([r["source"], r["submix"]], 1)
-    parts, _, n_segs = by_segments(mix[0, 0], L, extract, 2)
+    parts, _, n_segs = by_segments(mix[0, 0], L, extract, 2, batch=batch, progress=progress, desc=f"extracting from {Path(path).name}")
     parts = parts.cpu()
-    folder = Path(out)/Path(path).stem
     name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
     files = [save_audio(folder/f"{name}.wav", parts[0], pipe.sr, subtype="FLOAT"),
              save_audio(folder/"submix.wav", parts[1], pipe.sr, subtype="FLOAT"),
@@ -379,8 +383,12 @@ def add_stem_file(pipe: MGELDM, out, label: str, submix=None, *, seconds: float 
     "Add a `label` stem to a submix file (or to silence of `seconds`): out/{<label>, mix}.wav. Returns paths and notes."
     from msg_edu.audio import load_audio, save_audio
     if not isinstance(pipe, MGELDM): raise TypeError(f"pipe must be an MGELDM, got {type(pipe).__name__}.")
+    check_sampling(pipe.diffusion.guidance_w if guidance_w is None else guidance_w, steps)
     if submix is not None: wave, sr = load_audio(submix)
-    else: wave, sr = torch.zeros(1, int((seconds or pipe.segment_seconds) * pipe.sr)), pipe.sr
+    else:
+        seconds = pipe.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)
+        wave, sr = torch.zeros(1, int(seconds * pipe.sr)), pipe.sr
+    check_folder(out)
     r = pipe.add_stem(wave, label, sr, guidance_w=guidance_w, sampler=sampler, steps=steps,
                       generator=torch.Generator(pipe.device).manual_seed(seed))
     name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")

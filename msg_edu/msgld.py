@@ -11,6 +11,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 
 from .audio import resample
-from .core import (Recipe, atomic_write, check_int, check_tensor, fmt_count, get_device, load_config, n_params,
-                          read_checkpoint, seed_everything)
+from .core import (MsgEduError, Progress, Recipe, atomic_write, check_folder, check_int, check_number, check_tensor,
+                          fmt_count, get_device, load_config, n_params, read_checkpoint, read_json, seed_everything)
 from .data import MSDM_STEMS, DataError, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
 from .diffusion import Cond, DiffusionConfig
 from .learner import Learner, TrainConfig, check_run_folder, has_checkpoint, make_loader
@@ -32,12 +33,12 @@ from .vae import AutoencoderKL, VAETraining, from_musicldm_state_dict, pad_frame
 from .vocoder import GriffinLimVocoder, HiFiGAN, generator_weights, load_public, mixture_consistent
 
 # %% auto #0
-__all__ = ['MSGLD_FORMAT', 'LatentSegments', 'encode_segments', 'LatentTraining', 'MSGLDTraining', 'msgld_loss', 'latent_frames',
-           'fit_frames', 'restore_frames', 'prepare_audio', 'by_segments', 'describe_folder', 'Separation', 'MSGLD',
-           'separate_file', 'generate_files', 'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser',
-           'last_loss', 'scale_from_first_batch', 'start_run', 'finish_run', 'train_msgld', 'dry_run',
-           'score_separator', 'evaluate_separation', 'mask_ceilings', 'separation_table', 'onset_strength',
-           'onset_times', 'onset_agreement']
+__all__ = ['MSGLD_FORMAT', 'PIPELINE_FIX', 'LatentSegments', 'encode_segments', 'LatentTraining', 'MSGLDTraining', 'msgld_loss',
+           'latent_frames', 'fit_frames', 'restore_frames', 'prepare_audio', 'describe_folder', 'pipeline_meta',
+           'pipeline_parts', 'Separation', 'MSGLD', 'by_segments', 'check_sampling', 'separate_file', 'generate_files',
+           'latents_path', 'load_or_encode', 'stage_one_vae', 'fit_denoiser', 'last_loss', 'scale_from_first_batch',
+           'start_run', 'finish_run', 'train_msgld', 'dry_run', 'score_separator', 'evaluate_separation',
+           'mask_ceilings', 'separation_table', 'onset_strength', 'onset_times', 'onset_agreement']
 
 # %% ../nbs/10_msgld.ipynb #4067098b
 class LatentSegments(torch.utils.data.Dataset):
@@ -221,25 +222,13 @@ def prepare_audio(wave, sr: int, model_sr: int, name: str = "mixture", *, purpos
         notes.append(f"the {name} is at {sr} Hz; it was resampled to the model's {model_sr} Hz.")
         wave = resample(wave, sr, model_sr)
     if wave.shape[-1] < model_sr // 4:
-        raise ValueError(f"the {name} is {wave.shape[-1] / model_sr:.3f} s long; give at least 0.25 s.")
+        raise MsgEduError(f"the {name} is {wave.shape[-1] / model_sr:.3f} s long; give at least 0.25 s.")
     silent = torch.as_tensor(is_silent(wave[:, 0])).reshape(-1)
     if not allow_silence and bool(silent.any()):
-        raise ValueError(f"{name} {int(silent.nonzero()[0])} of the batch is silent (||x||_2 / N < 1.5e-5): there is nothing "
-                         f"to {purpose}; check the file and its gain.")
+        raise MsgEduError(f"{name} {int(silent.nonzero()[0])} of the batch is silent (||x||_2 / N < 1.5e-5): there is nothing "
+                          f"to {purpose}; check the file and its gain.")
     for n in notes: warnings.warn(n, stacklevel=3)
     return wave, notes
-
-def by_segments(wave: torch.Tensor, length: int, fn, n_parts: int) -> tuple[torch.Tensor, int, int]:
-    "Cut a mono wave (N,) into `length`-sample segments (the last zero-padded), run `fn` ((K, 1, L) -> (K, P, L)) on the sounding ones, rejoin: (P, N), #silent, #segments."
-    N = wave.shape[-1]
-    segs = torch.nn.functional.pad(wave, (0, (-N) % length)).reshape(-1, 1, length)
-    sounding = ~torch.as_tensor(is_silent(segs[:, 0])).reshape(-1)
-    parts = torch.zeros(len(segs), n_parts, length, device=segs.device)
-    if bool(sounding.any()):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parts[sounding] = fn(segs[sounding]).to(parts)
-    return parts.transpose(0, 1).reshape(n_parts, -1)[:, :N], int((~sounding).sum()), len(segs)
 
 def describe_folder(directory: Path) -> str:
     "What a folder given as a model holds, for error messages."
@@ -250,6 +239,21 @@ def describe_folder(directory: Path) -> str:
         try: return f"it holds a single model of class {load_config(directory)[0]['model_class']}"
         except Exception: return "it holds a config.json of a single model"
     return "it holds no pipeline description (msgld.json or mgeldm.json)"
+
+PIPELINE_FIX = "Copy the model folder again, or train (import) the model again."
+
+def pipeline_meta(path: Path, fmt: str, keys: dict) -> dict:
+    "The checked description of a saved pipeline (msgld.json, mgeldm.json): a JSON object of format `fmt` holding `keys`."
+    meta = read_json(path, {"format": str, **keys}, fix=PIPELINE_FIX)
+    if meta["format"] != fmt: raise MsgEduError(f"{path} has format {meta['format']!r}; this msg_edu reads {fmt!r}.")
+    return meta
+
+@contextmanager
+def pipeline_parts(path: Path):
+    "Errors of building a pipeline from its saved parts, as a MsgEduError that names its description file."
+    try: yield
+    except MsgEduError: raise
+    except (TypeError, ValueError) as e: raise MsgEduError(f"{path} does not fit the models beside it ({e}). {PIPELINE_FIX}") from e
 
 @dataclasses.dataclass
 class Separation:
@@ -341,7 +345,7 @@ class MSGLD(nn.Module):
                  steps: int | None = None, generator: torch.Generator | None = None) -> dict:
         "Total generation of `n` examples: every stem from noise with the mixture branch zeroed. {'stems', 'mels', 'latents'}."
         n = check_int(n, "n", min_value=1)
-        if not (isinstance(seconds, (int, float)) and seconds >= 0.25): raise ValueError(f"seconds must be >= 0.25, got {seconds!r}.")
+        seconds = check_number(seconds, "seconds", 0.25)
         n_samples = int(seconds * self.sr)
         frames = self.front.config.n_frames(n_samples)
         T, d = latent_frames(frames, self.multiple), self.vae.config.down
@@ -404,14 +408,14 @@ class MSGLD(nn.Module):
             raise ValueError(f"{directory} is not an MSG-LD model directory: {describe_folder(directory)}. MSGLD.from_pretrained needs what "
                              f"MSGLD.save_pretrained writes (msgld.json, vae/, unet/): train one with `msg-edu train msgld` "
                              f"and pass its out/model.")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != MSGLD_FORMAT:
-            raise ValueError(f"{meta_path} has format {meta.get('format')!r}; this msg_edu reads {MSGLD_FORMAT!r}.")
+        meta = pipeline_meta(meta_path, MSGLD_FORMAT, {"stems": list, "diffusion": dict})
         vae = AutoencoderKL.from_pretrained(directory/"vae", device)
         unet = MultiTrackUNet.from_pretrained(directory/"unet", device)
         vocoder = HiFiGAN.from_pretrained(directory/"vocoder", device) if meta.get("vocoder") else None
-        return cls(vae, unet, DiffusionConfig.from_dict(meta["diffusion"]), tuple(meta["stems"]), vocoder,
-                   meta.get("segment_seconds", 10.24), meta.get("separate_steps", 0)).to(device)
+        with pipeline_parts(meta_path):
+            return cls(vae, unet, DiffusionConfig.from_dict(meta["diffusion"]), tuple(meta["stems"]), vocoder,
+                       check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True),
+                       meta.get("separate_steps", 0)).to(device)
 
 # %% ../nbs/10_msgld.ipynb #7d16b627
 def _from_released(cls, unet, vae=None, vocoder=None, *, weights: str = "auto", scale_factor: float | None = None,
@@ -436,21 +440,46 @@ def _from_released(cls, unet, vae=None, vocoder=None, *, weights: str = "auto", 
 
 MSGLD.from_released = classmethod(_from_released)
 
+# %% ../nbs/10_msgld.ipynb #4b5a19c2
+def by_segments(wave: torch.Tensor, length: int, fn, n_parts: int, *, batch: int = 4, progress: bool = False,
+                desc: str = "segments") -> tuple[torch.Tensor, int, int]:
+    "Cut a mono wave (N,) into `length`-sample segments (the last zero-padded), run `fn` ((K, 1, L) -> (K, P, L)) on the sounding ones, `batch` at a time, rejoin: (P, N), #silent, #segments."
+    length, batch, N = check_int(length, "length", min_value=1), check_int(batch, "batch", min_value=1), wave.shape[-1]
+    segs = torch.nn.functional.pad(wave, (0, (-N) % length)).reshape(-1, 1, length)
+    sounding = (~torch.as_tensor(is_silent(segs[:, 0])).reshape(-1)).nonzero()[:, 0].tolist()
+    parts = torch.zeros(n_parts, len(segs) * length, device=segs.device)     # the output, written segment by segment
+    with Progress(len(sounding), desc, unit="segment", enabled=progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for a in range(0, len(sounding), batch):
+            ks = sounding[a: a + batch]
+            out = fn(segs[ks]).to(parts)                                         # (k, P, L)
+            for j, k in enumerate(ks): parts[:, k * length: (k + 1) * length] = out[j]
+            bar.update(len(ks))
+    return parts[:, :N], len(segs) - len(sounding), len(segs)
+
 # %% ../nbs/10_msgld.ipynb #60e65bde
+def check_sampling(guidance_w, steps) -> None:
+    "The sampling settings every file function takes, checked before any work: a finite weight, steps >= 1 when given."
+    check_number(guidance_w, "guidance_w")
+    if steps is not None: check_int(steps, "steps", min_value=1)
+
 def separate_file(pipe: MSGLD, path, out, *, guidance_w: float = 1.0, sampler: str | None = None, steps: int | None = None,
-                  seed: int = 0, reconstruct: str = "mixture", segment_seconds: float | None = None) -> dict:
-    "Separate an audio file into out/<file stem>/<stem>.wav (+ mix.wav at the model's rate); returns paths and notes."
+                  seed: int = 0, reconstruct: str = "mixture", segment_seconds: float | None = None, batch: int = 4,
+                  progress: bool = False) -> dict:
+    "Separate an audio file into out/<file stem>/<stem>.wav (+ mix.wav at the model's rate), `batch` segments at a time; returns paths and notes."
     from msg_edu.audio import load_audio, save_audio
     if not isinstance(pipe, MSGLD): raise TypeError(f"pipe must be an MSGLD, got {type(pipe).__name__}.")
+    check_sampling(guidance_w, steps)
+    seconds = pipe.segment_seconds if segment_seconds is None else check_number(segment_seconds, "segment_seconds", 0.25)
     wave, sr = load_audio(path)
     mix, notes = pipe.prepare_mix(wave, sr)                                   # (1, 1, N) at the model's rate
-    L = int(round((segment_seconds or pipe.segment_seconds) * pipe.sr))
-    N = mix.shape[-1]
+    L, N = int(round(seconds * pipe.sr)), mix.shape[-1]
+    folder = check_folder(Path(out)/Path(path).stem)                          # before the work, not after it
     g = torch.Generator(pipe.device).manual_seed(seed)
     stems, n_silent, n_segs = by_segments(mix[0, 0], L, lambda segs: pipe.separate(
-        segs, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=g, reconstruct=reconstruct).stems, len(pipe.stems))
+        segs, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=g, reconstruct=reconstruct).stems, len(pipe.stems),
+        batch=batch, progress=progress, desc=f"separating {Path(path).name}")
     stems = stems.cpu()
-    folder = Path(out)/Path(path).stem
     files = [save_audio(folder/f"{s}.wav", stems[i], pipe.sr, subtype="FLOAT") for i, s in enumerate(pipe.stems)]
     files.append(save_audio(folder/"mix.wav", mix[0, 0].cpu(), pipe.sr, subtype="FLOAT"))
     if n_silent: notes.append(f"{n_silent} of {n_segs} segments were silent and left silent.")
@@ -461,9 +490,11 @@ def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *
     "Generate `n` songs into out/gen_000/<stem>.wav ... (+ mix.wav, their sum); returns the song folders."
     from msg_edu.audio import save_audio
     if not isinstance(pipe, MSGLD): raise TypeError(f"pipe must be an MSGLD, got {type(pipe).__name__}.")
+    check_sampling(guidance_w, steps)
+    check_folder(out)
     g = torch.Generator(pipe.device).manual_seed(seed)
-    stems = pipe.generate(n, seconds or pipe.segment_seconds, guidance_w=guidance_w, sampler=sampler, steps=steps,
-                          generator=g)["stems"].cpu()
+    stems = pipe.generate(n, pipe.segment_seconds if seconds is None else seconds, guidance_w=guidance_w, sampler=sampler,
+                          steps=steps, generator=g)["stems"].cpu()
     folders = []
     for b in range(stems.shape[0]):
         folder = Path(out)/f"gen_{b:03d}"
@@ -502,7 +533,7 @@ def fit_denoiser(model: nn.Module, lat: dict, loss_fn, recipe, run: Path, *, res
     learn = Learner(model, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed, weights=weights), loss_fn,
                     make_loader(lat["validation"], recipe.batch_size, shuffle=False, drop_last=False), recipe.train,
                     out=run, device=device, progress=progress, cbs=cbs)
-    if resume: learn.load(run)
+    if resume and has_checkpoint(run): learn.load(run)   # (a run stopped in its VAE stage resumes there, then starts this one)
     learn.fit()
     if learn.ema is not None: model.load_state_dict(learn.ema.module.state_dict())   # sample with the averaged weights
     return learn
@@ -537,7 +568,7 @@ def start_run(recipe, cls, data, out, run: str, *, resume: bool, vae=None, devic
     recipe = cls.preset(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, cls): raise TypeError(f"recipe must be a preset name or a {cls.__name__}, got {type(recipe).__name__}.")
     out = Path(out)
-    check_run_folder(out/run, resume)
+    check_run_folder(out, resume, runs=("vae", run))   # any run refused unless resumed; the VAE stage's run counts
     check_dataset_root(data)
     vae_model = stage_one_vae(data, out, recipe.vae, vae, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
     seed_everything(seed)

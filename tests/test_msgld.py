@@ -140,7 +140,7 @@ def test_train_resume_is_exact_and_files_round_trip(toy, cache, tiny_vae, tmp_pa
 
     class Crash(Callback):
         def after_step(self, learn):
-            if learn.step == 4: raise KeyboardInterrupt   # killed between checkpoints
+            if learn.step == 4: raise KeyboardInterrupt   # Ctrl-C between checkpoints: fit saves step 4 first
 
     straight = train_msgld(toy, tmp_path / "a", recipe, vae=tiny_vae, cache_dir=cache, progress=False)[0]
     with pytest.raises(KeyboardInterrupt):

@@ -130,7 +130,7 @@ def test_resume_is_exact_and_runs_are_not_overwritten(toy, cache, tmp_path):
 
     class Crash(Callback):
         def after_step(self, learn):
-            if learn.step == 8: raise KeyboardInterrupt  # killed between checkpoints
+            if learn.step == 8: raise KeyboardInterrupt  # Ctrl-C between checkpoints: fit saves step 8 first
 
     straight = train_vae(toy, tmp_path / "a", recipe, cache_dir=cache, progress=False)[0]
     with pytest.raises(KeyboardInterrupt): train_vae(toy, tmp_path / "b", recipe, cache_dir=cache, progress=False, cbs=[Crash()])
