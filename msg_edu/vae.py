@@ -23,7 +23,7 @@ from .learner import Learner, Phase, TrainConfig, check_run_folder, make_loader
 from .mel import MelConfig, MelFrontend
 
 # %% auto #0
-__all__ = ['SHORTCUT_CENTER', 'LOG_FLOOR', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample',
+__all__ = ['LOG_FLOOR', 'SHORTCUT_CENTER', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample',
            'Encoder', 'Decoder', 'DiagonalGaussian', 'space_to_channel', 'channel_to_space', 'pad_frames',
            'AutoencoderKL', 'PatchDiscriminator', 'adaptive_weight', 'vae_loss', 'disc_loss', 'vae_phases', 'StemMels',
            'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae', 'musicldm_names', 'to_musicldm_state_dict',
@@ -176,7 +176,8 @@ class DiagonalGaussian:
         return 0.5 * (self.mean ** 2 + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(-3, -2, -1))
 
 # %% ../nbs/05_vae.ipynb #ed0653d1
-SHORTCUT_CENTER = 0.5 * math.log(1e-5)   # half the log-mel floor: the shortcut's latents straddle zero
+LOG_FLOOR = math.log(1e-5)  # the log-mel of silence (MusicLDM's floor): the value to pad mels with
+SHORTCUT_CENTER = 0.5 * LOG_FLOOR   # half the log-mel floor: the shortcut's latents straddle zero
 
 def space_to_channel(mel: torch.Tensor, down: int, f_down: int, z_channels: int) -> torch.Tensor:
     "DC-AE's shortcut: (B, 1, T, F) -> (B, z, T/down, F/f_down), each cell's down x f_down values averaged in groups of time-neighbours."
@@ -195,8 +196,6 @@ def channel_to_space(z: torch.Tensor, down: int, f_down: int) -> torch.Tensor:
 
 
 # %% ../nbs/05_vae.ipynb #9cdfe474
-LOG_FLOOR = math.log(1e-5)  # the log-mel of silence (MusicLDM's floor): the value to pad mels with
-
 def pad_frames(mel: torch.Tensor, multiple: int, value: float = LOG_FLOOR) -> torch.Tensor:
     "Pad the time axis of a mel (..., T, F) with silence up to a multiple of `multiple` frames."
     return F.pad(mel, (0, 0, 0, (-mel.shape[-2]) % multiple), value=value)

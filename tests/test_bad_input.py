@@ -202,15 +202,21 @@ def test_a_bug_is_one_line_and_1(monkeypatch, msgld_dir, files, tmp_path):
     with pytest.raises(KeyError): cli.main(["separate", str(files / "song.wav"), "--model", str(msgld_dir), "--out", str(tmp_path)])
 
 
-def test_ctrl_c_in_training_keeps_a_checkpoint_and_resume_continues(toy, cache, monkeypatch, tmp_path):
-    "Ctrl-C after 2 of 4 updates of `train vae`: 130, a checkpoint at 2, `--resume` finishes; then two wrong resumes."
+def ctrl_c_at(monkeypatch, step: int):
+    "Make every Learner raise KeyboardInterrupt (a Ctrl-C) before update `step`; returns the real `_one_step` to restore."
     real = Learner._one_step
     def one_step(self, micro):
-        if self.step == 2: raise KeyboardInterrupt
+        if self.step == step: raise KeyboardInterrupt
         return real(self, micro)
+    monkeypatch.setattr(Learner, "_one_step", one_step)
+    return real
+
+
+def test_ctrl_c_in_training_keeps_a_checkpoint_and_resume_continues(toy, cache, monkeypatch, tmp_path):
+    "Ctrl-C after 2 of 4 updates of `train vae`: 130, a checkpoint at 2, `--resume` finishes; then two wrong resumes."
     out = tmp_path / "vae"
     argv = ["train", "vae", "--preset", "tiny", "--data", toy, "--out", out, "--steps", "4", "--cache", cache]
-    monkeypatch.setattr(Learner, "_one_step", one_step)
+    real = ctrl_c_at(monkeypatch, 2)
     status, err = run(*argv)
     assert status == 130 and "--resume" in err and err.strip().count("\n") == 0, err
     assert has_checkpoint(out) and (out / "checkpoints" / "step_00000002").is_dir()
@@ -230,14 +236,9 @@ def test_ctrl_c_in_training_keeps_a_checkpoint_and_resume_continues(toy, cache, 
 
 def test_ctrl_c_in_the_vae_stage_of_msgld_resumes(toy, cache, monkeypatch, tmp_path):
     "`train msgld` trains its VAE first: a Ctrl-C there leaves out/vae/checkpoints, and --resume goes on from them."
-    real, calls = Learner._one_step, []
-    def one_step(self, micro):
-        calls.append(self.step)
-        if self.step == 2: raise KeyboardInterrupt
-        return real(self, micro)
     out = tmp_path / "msgld"
     argv = ["train", "msgld", "--preset", "tiny", "--data", toy, "--out", out, "--steps", "2", "--cache", cache]
-    monkeypatch.setattr(Learner, "_one_step", one_step)
+    real = ctrl_c_at(monkeypatch, 2)
     status, err = run(*argv)
     assert status == 130 and "--resume" in err, err
     assert has_checkpoint(out / "vae") and not (out / "vae" / "model.safetensors").exists()
