@@ -26,6 +26,7 @@ from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
 from .learner import run_contents
 from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
+from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
 from .vae import VAETraining, train_vae
 
 # %% auto #0
@@ -121,6 +122,8 @@ RECIPES = {
             lambda m: f"held-out log-mel L1 {m['l1']:.3f} vs {m['baseline_l1']:.3f} for the per-frequency mean"),
     "msgld": (MSGLDTraining, train_msgld,
               lambda m: f"{m['segments']['train']} training segments, last loss {m['loss']:.4f}; the pipeline is in OUT/model"),
+    "msdm": (MSDMTraining, train_msdm,
+             lambda m: f"{m['segments']['train']} training segments, last loss {m['loss']:.4f}; the model is in OUT/model"),
     "mgeldm": (MGELDMTraining, train_mgeldm,
                lambda m: f"{sum(m['triplets']['train'].values())} training triplets of {len(m['triplets']['train'])} classes, "
                          f"last loss {m['loss']:.4f}; the pipeline is in OUT/model"),
@@ -151,7 +154,14 @@ def _train(args) -> None:
     print(f"{args.model} ({args.preset}) trained to step {learn.step} in {time.perf_counter() - t0:.0f} s on {learn.device}: "
           f"{summary(m)}; saved to {args.out}")
 
-def _load_pipeline(args) -> MSGLD:
+def _load_pipeline(args) -> MSGLD | MSDM:
+    "The model folder of --model: an MSDM (msdm.json) or an MSG-LD (msgld.json); MSG-LD's loader names any other kind."
+    if (Path(args.model)/"msdm.json").is_file():
+        for flag, given in (("--sampler", args.sampler is not None), ("--reconstruct vocoder", getattr(args, "reconstruct", "mixture") != "mixture")):
+            if given: raise MsgEduError(f"{flag} belongs to MSG-LD models; {args.model} is an MSDM (EDM sampling on waveforms): drop {flag}.")
+        return MSDM.from_pretrained(args.model, device=get_device(args.device))
+    if getattr(args, "constraint", None) is not None:
+        raise MsgEduError(f"--constraint belongs to MSDM models; {args.model} is not one: drop --constraint.")
     return MSGLD.from_pretrained(args.model, device=get_device(args.device))
 
 def _separate(args) -> None:
@@ -159,16 +169,21 @@ def _separate(args) -> None:
     pipe = _load_pipeline(args)
     for path in args.inputs:
         with _notes_printed():
-            r = separate_file(pipe, path, args.out, guidance_w=args.w, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                              reconstruct=args.reconstruct, segment_seconds=args.segment, batch=args.batch, progress=True)
+            if isinstance(pipe, MSDM):
+                r = msdm_separate_file(pipe, path, args.out, constraint=args.constraint or "dirac", steps=args.steps, seed=args.seed,
+                                       segment_seconds=args.segment, batch=args.batch, progress=True)
+            else:
+                r = separate_file(pipe, path, args.out, guidance_w=args.w, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                  reconstruct=args.reconstruct, segment_seconds=args.segment, batch=args.batch, progress=True)
         for note in r["notes"]: print(f"note: {path}: {note}")
         print(f"{path}: {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _generate(args) -> None:
     check_folder(args.out)
     pipe = _load_pipeline(args)
-    folders = generate_files(pipe, args.out, args.n, args.seconds, guidance_w=args.w, sampler=args.sampler,
-                             steps=args.steps, seed=args.seed)
+    if isinstance(pipe, MSDM): folders = msdm_generate_files(pipe, args.out, args.n, args.seconds, steps=args.steps, seed=args.seed)
+    else: folders = generate_files(pipe, args.out, args.n, args.seconds, guidance_w=args.w, sampler=args.sampler,
+                                   steps=args.steps, seed=args.seed)
     print(f"{len(folders)} songs of {pipe.segment_seconds if args.seconds is None else args.seconds:g} s -> {args.out}/gen_*/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _extract(args) -> None:
@@ -258,16 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--vae", help="msgld: a trained VAE folder to use instead of training one into OUT/vae")
     r.add_argument("--dry-run", action="store_true", help="msgld: print parameters, estimated memory, steps per epoch; train nothing")
     r.set_defaults(func=_train)
-    s = sub.add_parser("separate", help="separate audio files into stems with a trained MSG-LD")
+    s = sub.add_parser("separate", help="separate audio files into stems with a trained MSG-LD or MSDM")
     s.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
-    _sampling_args(s, 1.0)
+    _sampling_args(s, 1.0, "MSG-LD or MSDM", "msgld` or `train msdm")
+    s.add_argument("--constraint", choices=("dirac", "gaussian"), help="MSDM: the Dirac separator (stems sum to the mixture; default) or the Gaussian one")
     s.add_argument("--reconstruct", choices=("mixture", "vocoder"), default="mixture",
                    help="mixture: split the mixture's STFT (stems sum to it; default); vocoder: synthesise each stem")
     s.add_argument("--segment", type=AUDIO_SECONDS, help="seconds per separated segment, at least 0.25 (default: the model's training segment)")
     s.add_argument("--batch", type=COUNT, default=4, help="segments separated together (default 4): memory, not length, grows with it")
     s.set_defaults(func=_separate)
-    g = sub.add_parser("generate", help="generate four-stem songs with a trained MSG-LD")
-    _sampling_args(g, 0.0)
+    g = sub.add_parser("generate", help="generate four-stem songs with a trained MSG-LD or MSDM")
+    _sampling_args(g, 0.0, "MSG-LD or MSDM", "msgld` or `train msdm")
     g.add_argument("--n", type=COUNT, default=1, help="how many songs")
     g.add_argument("--seconds", type=AUDIO_SECONDS, help="length, at least 0.25 (default: the model's training segment)")
     g.set_defaults(func=_generate)
