@@ -82,6 +82,12 @@ def test_dirac_stems_sum_exactly_to_the_mixture():
         est = msdm_separate(model, mix, EDMConfig(steps=8, s_churn=2.0, resamples=2), generator=g)
         assert est.shape == truth.shape
         torch.testing.assert_close(est.sum(1, keepdim=True), mix, atol=1e-5, rtol=0)
+    for k in (0, 2):                                          # the constraint on another stem: still exact, same stem order
+        est = msdm_separate(GaussianStems(STD), mix, EDMConfig(steps=30, dirac_stem=k), generator=g)
+        torch.testing.assert_close(est.sum(1, keepdim=True), mix, atol=1e-5, rtol=0)
+        gains = (est * mix).sum(-1).sum(0) / (mix ** 2).sum()
+        assert gains.argsort(descending=True).tolist() == [0, 1, 2, 3], gains
+    with pytest.raises(MsgEduError, match="dirac_stem"): msdm_separate(GaussianStems(STD), mix, EDMConfig(dirac_stem=4))
     gauss = msdm_separate(GaussianStems(STD), mix, EDMConfig(steps=30), constraint="gaussian", generator=g)
     assert torch.isfinite(gauss).all() and float((gauss.sum(1, keepdim=True) - mix).abs().max()) < 0.05   # pulled close
 
