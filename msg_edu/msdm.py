@@ -367,8 +367,8 @@ class MSDM(nn.Module):
         "Load what `save_pretrained` wrote; a folder of another kind is named for what it is."
         directory = Path(directory)
         if not (directory/"msdm.json").is_file():
-            what = "it holds an MSDM model" if (directory/"msdm.json").is_file() else describe_folder(directory)
-            raise MsgEduError(f"{directory} is not an MSDM model folder: {what}. Train one with `msg-edu train msdm` and pass its OUT/model.")
+            raise MsgEduError(f"{directory} is not an MSDM model folder: {describe_folder(directory)}. Train one with "
+                              f"`msg-edu train msdm` and pass its OUT/model.")
         meta = pipeline_meta(directory/"msdm.json", MSDM_FORMAT, {"stems": list, "edm": dict, "sr": int})
         unet = WaveUNet.from_pretrained(directory/"unet", device)
         with pipeline_parts(directory/"msdm.json"):
