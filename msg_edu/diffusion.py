@@ -153,10 +153,14 @@ def _coefs(t, x, schedule):
     a, s = schedule._alpha_sigma(t.to(torch.float64))
     return _per_track(a, x), _per_track(s, x)
 
+def _randn(shape, generator=None, device=None, dtype=None):
+    "Standard normal draws of `shape` from `generator` (on its own device) if given, moved to `device`."
+    gdev = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=gdev).to(device)
+
 def _randn_like(x, generator=None):
     "Standard normal noise shaped like x, drawn from `generator` (on its own device) if given."
-    gdev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=gdev).to(x.device)
+    return _randn(x.shape, generator, x.device, x.dtype)
 
 def q_sample(x0, t, noise, schedule: Schedule, *, generator: torch.Generator | None = None) -> torch.Tensor:
     "Diffuse clean tracks x0 (B, S, ...) to per-track times t (B, S): alpha(t) x0 + sigma(t) noise (drawn if None)."

@@ -22,6 +22,7 @@ from .core import (Config, MsgEduError, Pretrained, Recipe, atomic_write, check_
                           check_tensor, get_device, n_params, seed_everything)
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
 from .learner import TrainConfig, check_run_folder
+from .diffusion import _randn
 from .msgld import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
                            pipeline_parts, prepare_audio)
 
@@ -221,9 +222,6 @@ def msdm_loss(model: WaveUNet, batch: dict, edm: EDMConfig, *, generator: torch.
     return (edm_weight(sigma, model.config.sigma_data)[:, None, None] * (denoised - x) ** 2).mean()
 
 # %% ../nbs/11b_msdm.ipynb #f83a8476
-def _randn(shape, generator, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
-
 def _check_known(known, known_mask, x) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if known is None and known_mask is None: return None, None
     if known is None or known_mask is None: raise MsgEduError("give both `known` (B, S, N) and `known_mask` (B, S) or (S,), or neither.")
