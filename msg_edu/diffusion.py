@@ -241,15 +241,17 @@ def _rand(shape, generator, device):
     return torch.rand(shape, generator=generator, device=gdev).to(device)
 
 def sample_timesteps(batch: int, n_tracks: int, pattern: str = "shared", *, t_min: float = 0.02, p_known: float = 0.75,
-                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    "Training times t (B, S): one t ~ U[0, 1] clamped at t_min per sample, then some tracks observed (t = 0) as `pattern` says."
+                     p_terminal: float = 0.0, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    "Training times t (B, S): one t ~ U[0, 1] clamped at t_min per sample (t = 1 for a `p_terminal` share), then some tracks observed (t = 0) as `pattern` says."
     batch, n_tracks = check_int(batch, "batch", min_value=1), check_int(n_tracks, "n_tracks", min_value=1)
     if pattern not in T_PATTERNS: raise ValueError(f"unknown timestep pattern {pattern!r}; choose one of {T_PATTERNS}.")
     if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < 1:
         raise ValueError(f"`t_min` must be in [0, 1), got {t_min!r}.")
-    p_known = _check_p(p_known, "p_known")
+    p_known, p_terminal = _check_p(p_known, "p_known"), _check_p(p_terminal, "p_terminal")
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
-    t = _rand((batch, 1), generator, device).clamp(min=t_min).expand(batch, n_tracks).contiguous()   # MGE-LDM's clamp
+    t = _rand((batch, 1), generator, device).clamp(min=t_min)                 # MGE-LDM's clamp
+    if p_terminal > 0: t = t.masked_fill(_rand((batch, 1), generator, device) < p_terminal, 1.0)   # one-step separation's query
+    t = t.expand(batch, n_tracks).contiguous()
     if pattern == "shared": return t
     if n_tracks < 2: raise ValueError(f"pattern {pattern!r} observes some tracks and needs n_tracks >= 2, got {n_tracks}.")
     some = (_rand((batch,), generator, device) < p_known).long()
@@ -627,6 +629,7 @@ class DiffusionConfig(Config):
     t_min: float = 0.001            # smallest training t: MSG-LD's first of 1000 steps; MGE-LDM 0.02
     t_pattern: str = "shared"       # 'shared' | 'mge' | 'subset'
     p_known: float = 0.75           # probability that some tracks are observed ('mge', 'subset')
+    p_terminal: float = 0.0         # ours: share of samples trained at exactly t = 1 (one-step separation's query)
     p_drop_mix: float = 0.1         # CFG dropout of the mix, per sample (MSG-LD 0.1)
     p_drop_labels: float = 0.1      # CFG dropout of the labels, per track (MGE-LDM 0.1 in the paper)
     sampler: str = "ddim"           # 'ddpm' | 'ddim' | 'dpmpp_2m'
@@ -650,7 +653,7 @@ class DiffusionConfig(Config):
         check_int(self.steps, "steps", min_value=1)
         if not 0 <= self.t_min < 1: raise ValueError(f"t_min must be in [0, 1), got {self.t_min}.")
         if not 0 <= self.t_end < 1: raise ValueError(f"t_end must be in [0, 1), got {self.t_end}.")
-        for k in ("p_known", "p_drop_mix", "p_drop_labels"): _check_p(getattr(self, k), k)
+        for k in ("p_known", "p_terminal", "p_drop_mix", "p_drop_labels"): _check_p(getattr(self, k), k)
         if not (math.isfinite(self.eta) and self.eta >= 0): raise ValueError(f"eta must be a finite number >= 0, got {self.eta}.")
         if not math.isfinite(self.guidance_w): raise ValueError(f"guidance_w must be finite, got {self.guidance_w}.")
 
@@ -663,7 +666,7 @@ class DiffusionConfig(Config):
             raise ValueError(f"the model predicts {model.prediction!r} but this config trains {self.prediction!r}; "
                              f"build the model with prediction={self.prediction!r}.")
         x0 = check_tensor(x0, "x0", min_ndim=2)
-        t = sample_timesteps(x0.shape[0], x0.shape[1], self.t_pattern, t_min=self.t_min, p_known=self.p_known,
+        t = sample_timesteps(x0.shape[0], x0.shape[1], self.t_pattern, t_min=self.t_min, p_known=self.p_known, p_terminal=self.p_terminal,
                              generator=generator, device=x0.device)
         cond = drop_cond(cond, self.p_drop_mix, self.p_drop_labels, generator=generator)
         return diffusion_loss(model, x0, t, schedule or self.build_schedule(), cond, generator=generator)

@@ -168,8 +168,8 @@ class MSGLDTraining(LatentTraining):
                      train=dict(lr=2e-3, steps=20, warmup=2, log_every=5, valid_every=10, ema_decay=0.9)),
         "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=32,
                     unet=dict(layout="stacked", model_channels=32, attention_ds=(), mix_cond="concat"),   # ours: see "What mattered"
-                    diffusion=dict(sampler="dpmpp_2m", steps=20, p_drop_mix=0.2), separate_steps=1,
-                    train=dict(lr=2e-3, steps=800, warmup=30, log_every=20, valid_every=200, save_every=100,
+                    diffusion=dict(sampler="dpmpp_2m", steps=20, p_drop_mix=0.2, p_terminal=0.3), separate_steps=1,
+                    train=dict(lr=2e-3, steps=2400, warmup=30, log_every=20, valid_every=600, save_every=300,
                                ema_decay=0.99)),
         "slakh": dict(segment_seconds=10.24, hop_seconds=5.12, batch_size=3, train_splits=("train", "validation"),
                       sample_posterior=True,
