@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .checkpoint import run_contents
 from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, get_device
 from .demo import run_demo
 from .evaluation import EVAL_LAYOUT, evaluate_dirs, load_embedder
+from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
+from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
+from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
 from .render_midi import render_midi_dataset
 from .toyslakh import ToySlakhConfig, make_toy_slakh
-from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
-from .learner import run_contents
-from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
-from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
 from .vae import VAETraining, train_vae
 
 # %% auto #0

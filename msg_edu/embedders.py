@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import resample
+from .checkpoint import check_run_folder
 from .core import Config, Recipe, Pretrained, atomic_write, check_int, check_tensor, seed_everything
 from .data import DataError, SlakhIndex, check_dataset_root, is_silent
-from .learner import Learner, Phase, TrainConfig, check_run_folder, make_loader
+from .distributed import make_loader
+from .learner import Learner
 from .mel import MelConfig, MelFrontend, frame, get_window, magnitude
+from .optim import Phase, TrainConfig
 from .vae import StemMels
 
 # %% auto #0

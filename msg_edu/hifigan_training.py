@@ -20,11 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
+from .callbacks import Callback, CancelFit
+from .checkpoint import check_run_folder
 from .core import Recipe, atomic_write, check_int, seed_everything
 from .data import SingleStems, SlakhIndex, check_dataset_root
+from .distributed import make_loader
 from .hifigan import LRELU_SLOPE, HiFiGAN, HiFiGANConfig, get_padding
-from .learner import Callback, CancelFit, Learner, Phase, TrainConfig, check_run_folder, make_loader
+from .learner import Learner
 from .mel import MelFrontend
+from .optim import Phase, TrainConfig
 from .vocoder import GriffinLimVocoder, resynthesis_l1
 
 # %% auto #0

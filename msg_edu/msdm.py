@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from .core import (Config, MsgEduError, Pretrained, Recipe, atomic_write, check_folder, check_int, check_number,
                           check_tensor, get_device, n_params, seed_everything)
+from .checkpoint import check_run_folder
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
-from .learner import TrainConfig, check_run_folder
 from .diffusion import _randn
+from .optim import TrainConfig
 from .msgld import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
                            pipeline_parts, prepare_audio)
 
