@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from msg_edu.metrics import (EmbedderConfig, InstrumentEmbedder, VGGish, frechet_distance, msdm_si_sdri)
+from msg_edu.embedders import EmbedderConfig, InstrumentEmbedder, VGGish
+from msg_edu.metrics import frechet_distance, msdm_si_sdri
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady numbers on a shared 2-core machine)")

@@ -28,7 +28,9 @@ import torch  # noqa: E402
 from msg_edu.audio import example_music  # noqa: E402
 from msg_edu.core import fmt_count, get_device, n_params  # noqa: E402
 from msg_edu.mel import MelFrontend  # noqa: E402
-from msg_edu.vocoder import GriffinLimVocoder, HiFiGAN, HiFiGANConfig, mixture_consistent  # noqa: E402
+from msg_edu.hifigan import HiFiGAN, HiFiGANConfig  # noqa: E402
+from msg_edu.reconstruction import mixture_consistent  # noqa: E402
+from msg_edu.vocoder import GriffinLimVocoder  # noqa: E402
 
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)

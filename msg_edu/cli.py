@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .checkpoint import run_contents
 from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, get_device
 from .demo import run_demo
-from .metrics import EVAL_LAYOUT, evaluate_dirs, load_embedder
+from .evaluation import EVAL_LAYOUT, evaluate_dirs, load_embedder
+from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
+from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
+from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
 from .render_midi import render_midi_dataset
 from .toyslakh import ToySlakhConfig, make_toy_slakh
-from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
-from .learner import run_contents
-from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
-from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
 from .vae import VAETraining, train_vae
 
 # %% auto #0
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stems", help="comma-separated stems to score (default: those in the folders)")
     e.add_argument("--sr", type=_flag(int, 8000), help="rate to read and score at (default: the reference files' rate; MSDM: 22050)")
     e.add_argument("--trim", action="store_true", help="separation: trim estimate and reference to the shorter (counted)")
-    e.add_argument("--embedder", help="generation: folder of a trained InstrumentEmbedder (msg_edu.metrics.train_embedder)")
+    e.add_argument("--embedder", help="generation: folder of a trained InstrumentEmbedder (msg_edu.embedders.train_embedder)")
     e.add_argument("--embedder-data", help="generation: a Slakh-layout dataset to train the --embedder folder on if it is empty")
     e.add_argument("--vggish", help="generation: torchvggish weights you downloaded (vggish-10086976.pth); never downloaded")
     e.add_argument("--given", help="generation: comma-separated stems taken from --ref (partial generation: sub-FAD)")

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from .core import (Config, MsgEduError, Pretrained, Recipe, atomic_write, check_folder, check_int, check_number,
                           check_tensor, get_device, n_params, seed_everything)
+from .checkpoint import check_run_folder
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
-from .learner import TrainConfig, check_run_folder
 from .diffusion import _randn
+from .optim import TrainConfig
 from .msgld import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
                            pipeline_parts, prepare_audio)
 
@@ -483,7 +484,8 @@ def system_scores(separate, generate, arrange, data, *, embedder=None, stems=MSD
                   seconds: float = 2.56, n_songs: int = 8, imputed: str = "bass", max_tracks: int | None = None,
                   cache_dir=None) -> dict:
     "One row of the three-system table for any system given as `separate(mix (K, 1, L)) -> (K, S, L)`, `generate(n, seconds) -> (n, S', N)` and `arrange(stems (n, S, N), generated (S,) bool) -> (n, S, N)`."
-    from msg_edu.metrics import fad, sub_fad
+    from msg_edu.evaluation import sub_fad
+    from msg_edu.metrics import fad
     from msg_edu.msgld import onset_agreement, score_separator
     if imputed not in stems: raise MsgEduError(f"imputed={imputed!r} must be one of the stems {list(stems)}.")
     n_songs, spent = check_int(n_songs, "n_songs", min_value=2), {"s": 0.0, "audio": 0.0}

@@ -18,9 +18,12 @@ from torch import nn
 
 from .core import (Config, Recipe, Pretrained, atomic_write, check_int, check_state_dict, check_tensor, checkpoint_kind,
                           default_preset, seed_everything)
+from .checkpoint import check_run_folder
 from .data import SingleStems, SlakhIndex, check_dataset_root
-from .learner import Learner, Phase, TrainConfig, check_run_folder, make_loader
+from .distributed import make_loader
+from .learner import Learner
 from .mel import MelConfig, MelFrontend
+from .optim import Phase, TrainConfig
 
 # %% auto #0
 __all__ = ['LOG_FLOOR', 'SHORTCUT_CENTER', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample',

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import msg_edu.checkpoint
 import msg_edu.learner as L
 from msg_edu.core import seed_everything
 from msg_edu.learner import (EMA, CancelFit, Callback, GradClip, Learner, NonFiniteLossError, Phase, TrainConfig,
@@ -156,7 +157,7 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         Path(filename).write_bytes(data[: len(data) // 2])
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(L, "_save_safetensors", dies_half_way)
+    monkeypatch.setattr(msg_edu.checkpoint, "_save_safetensors", dies_half_way)  # what checkpoints write weights with
     with pytest.raises(OSError, match="No space left"): learn.fit(until=7)  # the save at the stop dies half-way
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000005"]  # no half-written folder
@@ -512,3 +513,19 @@ def test_weighted_loader_draws_in_proportion_and_reproducibly():
     again = torch.cat([b for _ in range(200) for b in dl])
     assert torch.equal(draws, again)
     with pytest.raises(ValueError, match="one per example"): make_loader(data, 4, weights=[1.0] * 3)
+
+
+OLD_LEARNER_NAMES = ['EVENTS', 'CKPT_WEIGHTS', 'CKPT_STATE', 'CKPT_FORMAT', 'TrainConfig', 'lr_factor', 'Callback', 'CancelFit',
+                     'NonFiniteLossError', 'NaNGuard', 'GradClip', 'EMA', 'ProgressBar', 'CSVLogger', 'TensorBoardLogger',
+                     'read_log', 'plot_history', 'Phase', 'to_device', 'rng_state', 'set_rng_state', 'init_distributed',
+                     'make_loader', 'Learner', 'save_checkpoint', 'find_checkpoint', 'has_checkpoint', 'run_contents',
+                     'RunExistsError', 'NoRunError', 'check_run_folder', 'read_checkpoint', 'load_checkpoint', '_step_of']
+
+
+def test_old_learner_import_paths_still_work():
+    "learner.py was split into optim / callbacks / distributed / checkpoint / learner; every name it had still imports."
+    import msg_edu.callbacks, msg_edu.distributed, msg_edu.optim
+    homes = [msg_edu.optim, msg_edu.callbacks, msg_edu.distributed, msg_edu.checkpoint, L]
+    for name in OLD_LEARNER_NAMES:
+        obj = getattr(L, name)
+        assert any(getattr(m, name, None) is obj for m in homes[:-1]) or name in L.__all__, name

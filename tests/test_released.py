@@ -19,7 +19,7 @@ from msg_edu.diffusion import Cond
 from msg_edu.msgld import MSGLD
 from msg_edu.unet import LDM_UNET, MultiTrackUNet, UNetConfig, from_ldm_state_dict, to_ldm_state_dict
 from msg_edu.vae import AutoencoderKL, VAEConfig, from_musicldm_state_dict, musicldm_names, to_musicldm_state_dict
-from msg_edu.vocoder import HiFiGAN, HiFiGANConfig, to_public_state_dict
+from msg_edu.hifigan import HiFiGAN, HiFiGANConfig, to_public_state_dict
 
 
 class Reads(dict):
