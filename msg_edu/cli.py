@@ -217,10 +217,11 @@ def _import(args) -> None:
           f"{'HiFi-GAN' if pipe.vocoder else 'none (Griffin-Lim)'} -> {out}; use it with `msg-edu separate --model {out}` "
           f"or `msg-edu generate --model {out}`.")
 
-def _sampling_args(parser, w: float, kind: str = "MSG-LD", train: str = "msgld") -> None:
+def _sampling_args(parser, w: float | None, kind: str = "MSG-LD", train: str = "msgld") -> None:
     parser.add_argument("--model", required=True, help=f"a trained {kind} pipeline: the OUT/model folder of `train {train}`")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--w", type=NUMBER, default=w, help=f"classifier-free guidance weight (default {w:g})")
+    default = "the model's" if w is None else f"{w:g}"
+    parser.add_argument("--w", type=NUMBER, default=w, help=f"classifier-free guidance weight (default {default})")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="default: the model's")
     parser.add_argument("--steps", type=COUNT, help="sampling steps (default: the model's)")
     parser.add_argument("--seed", type=SEED, default=0)
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("extract", help="extract a stem by its instrument name with a trained MGE-LDM")
     x.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
     x.add_argument("--label", required=True, help="the instrument to extract, e.g. bass, 'electric piano', strings")
-    _sampling_args(x, 1.0, "MGE-LDM", "mgeldm")
+    _sampling_args(x, None, "MGE-LDM", "mgeldm")
     x.add_argument("--conditioning", choices=("tdpaint", "replace"), help="mixture given at t = 0 (default) or re-noised (RePaint)")
     x.add_argument("--batch", type=COUNT, default=4, help="segments processed together (default 4)")
     x.set_defaults(func=_extract)

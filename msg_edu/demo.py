@@ -60,7 +60,7 @@ def demo_plan(preset: str = "toy") -> DemoPlan:
                         MGELDMTraining.preset("tiny"), generate_seconds=1.28, max_per_class=2)
     msgld = MSGLDTraining.preset("toy")
     return DemoPlan("toy", ToySlakhConfig.preset("toy"), msgld.vae, HiFiGANTraining.preset("toy", max_minutes=1.0), msgld,
-                    MGELDMTraining.preset("toy", hop_seconds=2.56, train=dict(steps=500, valid_every=250, save_every=100)))
+                    MGELDMTraining.preset("toy"))
 
 # %% ../nbs/13_demo.ipynb #cc1f2eb1
 DEMO_VERSION = 3  # part of every stage's key (2: ToySlakh v3 through the SoundFont; 3: the VAE shortcut, the stacked U-Net);

@@ -206,13 +206,15 @@ class MGELDMTraining(LatentTraining):
     model: TripletConfig = dataclasses.field(default_factory=TripletConfig)
     batch_size: int = 64
     class_balance: bool = False      # ours: draw triplets so that every source class is seen equally often
+    extract_w: float = 1.0           # CFG weight when extracting (the paper: 1 is best for extraction); the pipeline keeps it
     presets: ClassVar[dict] = {
         "tiny": dict(segment_seconds=1.28, batch_size=4, diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=10),
                      vae=dict(train=dict(steps=20, log_every=5, valid_every=10)),
                      train=dict(lr=2e-3, steps=20, warmup=2, log_every=5, valid_every=10, ema_decay=0.9)),
-        "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=16, class_balance=True,
-                    diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=20, p_drop_labels=0.2),
-                    train=dict(lr=2e-3, steps=800, warmup=30, log_every=20, valid_every=200, save_every=200, ema_decay=0.99)),
+        "toy": dict(segment_seconds=2.56, hop_seconds=2.56, crop_frames=32, batch_size=16, class_balance=True,
+                    train_splits=("train", "validation"), extract_w=3.0,   # ours: see "What mattered for extraction"
+                    diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=20, p_drop_labels=0.2, p_terminal=0.3),
+                    train=dict(lr=2e-3, steps=1000, warmup=30, log_every=20, valid_every=250, save_every=250, ema_decay=0.99)),
         "slakh": dict(segment_seconds=12.8, hop_seconds=6.4, batch_size=64, model=dict(unet=dict(model_channels=192)),
                       diffusion=dict(MGE_DIFFUSION, sampler="ddim", steps=250, guidance_w=2.0, p_drop_labels=0.4),
                       train=dict(lr=5e-5, steps=200_000, warmup=0, schedule="constant", weight_decay=1e-3, grad_clip=1.0,
@@ -224,6 +226,7 @@ class MGELDMTraining(LatentTraining):
     def validate(self):
         super().validate()
         if self.sample_posterior: raise ValueError("MGE-LDM's triplet latents are posterior means; sample_posterior is MSG-LD's.")
+        check_number(self.extract_w, "extract_w")
 
 # %% ../nbs/11_mgeldm.ipynb #c43f86ef
 MGELDM_FORMAT = "msg_edu.mgeldm/1"
@@ -231,13 +234,14 @@ MGELDM_FORMAT = "msg_edu.mgeldm/1"
 class MGELDM(nn.Module):
     "MGE-LDM on our mel VAE: a triplet denoiser over (mix, submix, source) latents; every task is inpainting."
     def __init__(self, vae: AutoencoderKL, model: TripletDenoiser, diffusion: DiffusionConfig | None = None,
-                 vocoder: HiFiGAN | None = None, segment_seconds: float = 10.24):
+                 vocoder: HiFiGAN | None = None, segment_seconds: float = 10.24, extract_w: float = 1.0):
         super().__init__()
         if not isinstance(vae, AutoencoderKL): raise TypeError(f"vae must be an AutoencoderKL, got {type(vae).__name__}.")
         if not isinstance(model, TripletDenoiser): raise TypeError(f"model must be a TripletDenoiser, got {type(model).__name__}.")
         self.vae, self.model, self.vocoder = vae.eval().requires_grad_(False), model.eval(), vocoder
         self.diffusion = diffusion or DiffusionConfig(**MGE_DIFFUSION)
         self.segment_seconds = float(segment_seconds)
+        self.extract_w = check_number(extract_w, "extract_w")   # extraction's CFG weight when a call gives none
         self.front = MelFrontend()
 
     @property
@@ -289,9 +293,10 @@ class MGELDM(nn.Module):
         return {"mix": waves[:, 0], "submix": waves[:, 1], "source": waves[:, 2], "mels": mels}
 
     @torch.no_grad()
-    def extract(self, mix, label, sr: int | None = None, *, guidance_w: float = 1.0, sampler: str | None = None,
+    def extract(self, mix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
                 steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
-        "Source extraction: the mix given (t = 0), submix and the `label` source sampled; waves split from the mix's STFT."
+        "Source extraction: the mix given (t = 0), submix and the `label` source sampled (CFG weight: `extract_w` unless given); waves split from the mix's STFT."
+        if guidance_w is None: guidance_w = self.extract_w
         wave, notes = self.prepare(mix, sr, "mixture")
         z_mix, frames = self.encode(wave)
         known = torch.cat([z_mix, torch.zeros_like(z_mix), torch.zeros_like(z_mix)], 1)
@@ -335,7 +340,7 @@ class MGELDM(nn.Module):
         self.vae.save_pretrained(directory/"vae"); self.model.save_pretrained(directory/"model")
         if self.vocoder is not None: self.vocoder.save_pretrained(directory/"vocoder")
         meta = {"format": MGELDM_FORMAT, "diffusion": self.diffusion.to_dict(), "vocoder": self.vocoder is not None,
-                "segment_seconds": self.segment_seconds}
+                "segment_seconds": self.segment_seconds, "extract_w": self.extract_w}
         with atomic_write(directory/"mgeldm.json", "w") as f: json.dump(meta, f, indent=2)
         return directory
 
@@ -351,17 +356,18 @@ class MGELDM(nn.Module):
         vae, model = AutoencoderKL.from_pretrained(directory/"vae", device), TripletDenoiser.from_pretrained(directory/"model", device)
         with pipeline_parts(meta_path):
             return cls(vae, model, DiffusionConfig.from_dict(meta["diffusion"]), vocoder,
-                       check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True)).to(device)
+                       check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True),
+                       check_number(meta.get("extract_w", 1.0), "extract_w")).to(device)
 
 # %% ../nbs/11_mgeldm.ipynb #364811c6
-def extract_file(pipe: MGELDM, path, out, label: str, *, guidance_w: float = 1.0, sampler: str | None = None,
+def extract_file(pipe: MGELDM, path, out, label: str, *, guidance_w: float | None = None, sampler: str | None = None,
                  steps: int | None = None, conditioning: str | None = None, seed: int = 0, batch: int = 4,
                  progress: bool = False) -> dict:
     "Extract `label` from an audio file, `batch` segments at a time: out/<file stem>/{<label>, submix, mix}.wav at the model's rate."
     from msg_edu.audio import load_audio, save_audio
     if not isinstance(pipe, MGELDM): raise TypeError(f"pipe must be an MGELDM, got {type(pipe).__name__}.")
     pipe.model.labels.token_ids(label)                                   # an unknown label fails before any work
-    check_sampling(guidance_w, steps)
+    check_sampling(pipe.extract_w if guidance_w is None else guidance_w, steps)
     wave, sr = load_audio(path)
     mix, notes = pipe.prepare(wave, sr, "mixture")
     L, N = int(round(pipe.segment_seconds * pipe.sr)), mix.shape[-1]
@@ -419,7 +425,8 @@ def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, r
     weights = [1.0 / counts[label] for label in lat["train"].labels] if recipe.class_balance else None
     learn = fit_denoiser(model, lat, partial(mgeldm_loss, diffusion=recipe.diffusion), recipe, out/"model_run", resume=resume,
                          device=device, progress=progress, seed=seed, cbs=cbs, weights=weights)
-    pipe = MGELDM(vae_model.to(learn.device), model.eval(), recipe.diffusion, segment_seconds=recipe.segment_seconds)
+    pipe = MGELDM(vae_model.to(learn.device), model.eval(), recipe.diffusion, segment_seconds=recipe.segment_seconds,
+                  extract_w=recipe.extract_w)
     counts = {k: dict(sorted(collections.Counter(v.labels).items())) for k, v in lat.items()}
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "triplets": counts,
                "loss": last_loss(learn)}
@@ -427,7 +434,7 @@ def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, r
 
 # %% ../nbs/11_mgeldm.ipynb #593c5853
 @torch.no_grad()
-def evaluate_extraction(pipe: MGELDM, data, split: str = "test", *, guidance_w: float = 1.0, sampler: str | None = None,
+def evaluate_extraction(pipe: MGELDM, data, split: str = "test", *, guidance_w: float | None = None, sampler: str | None = None,
                         steps: int | None = None, conditioning: str | None = None, segment_seconds: float = 2.56,
                         max_per_class: int | None = None, seed: int = 0, cache_dir=None) -> dict:
     "Extract every sounding class of every segment of `split` by its label: Log-Mel L1 of the extracted audio per class, and the mixture's."

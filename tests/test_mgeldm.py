@@ -100,6 +100,21 @@ def test_save_load_files_and_other_kinds(pipe, tmp_path):
     with pytest.raises(ValueError, match="Close known labels"): extract_file(back, tmp_path / "song.wav", tmp_path / "x", "kazoo")
 
 
+def test_extract_w_is_the_models_default_and_travels_with_it(pipe, tmp_path):
+    "The pipeline's extraction CFG weight is what `extract` uses when a call gives none, and it is saved and loaded."
+    strong = MGELDM(pipe.vae, pipe.model, pipe.diffusion, segment_seconds=1.28, extract_w=3.0)
+    used, sample = [], strong.sample
+    def spy(*a, **kw): used.append(kw["guidance_w"]); return sample(*a, **kw)
+    strong.sample = spy
+    strong.extract(tone(), "bass"); strong.extract(tone(), "bass", guidance_w=1.0); strong.add_stem(tone(), "drums")
+    assert used == [3.0, 1.0, None]                 # extraction: the model's extract_w; add_stem: the diffusion's own
+    strong.save_pretrained(tmp_path / "m")
+    assert MGELDM.from_pretrained(tmp_path / "m").extract_w == 3.0
+    assert MGELDM.from_pretrained(pipe.save_pretrained(tmp_path / "p")).extract_w == 1.0      # the paper's: 1 is best
+    with pytest.raises(ValueError, match="extract_w"): MGELDM(pipe.vae, pipe.model, extract_w=float("nan"))
+    with pytest.raises(ValueError, match="extract_w"): MGELDMTraining.preset("tiny", extract_w=float("inf"))
+
+
 def test_triplet_latents_roundtrip(tmp_path):
     lat = TripletLatents(torch.randn(2, 3, 8, 16, 16), ["Bass", "Organ"], crop=8)
     assert lat[1]["tracks"].shape == (3, 8, 8, 16) and lat[1]["label"] == "Organ"
