@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --no-input -q
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test demo lab bench readme clean
+.PHONY: install test demo lab bench readme docs clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,14 @@ lab: install
 
 bench: install
 	$(PY) bench/run.py   # every bench/*.py; writes bench/RESULTS.md
+
+# The course site: every chapter executed in its tiny preset, static pages with a chapter sidebar that open from
+# file:// (_docs/index.html), then checked in headless Chromium (Debian's package; installed here when missing).
+docs: install
+	$(PIP) install -e ".[docs]" 2> >(grep -v "is ignored: it is neither" >&2)
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+	$(PY) .ci/docs.py build --out _docs
+	$(PY) .ci/docs.py check --out _docs --screenshots _docs/screenshots
 
 # README.md is generated from nbs/index.ipynb (Quarto, nbdev's usual route, is not available here).
 readme: install

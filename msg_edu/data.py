@@ -281,9 +281,13 @@ def check_dataset_root(root: str | os.PathLike) -> Path:
     return Path(root)
 
 # %% ../nbs/03d_data.ipynb #d04aad13
-def is_silent(x, threshold: float = SILENCE_THRESHOLD) -> torch.Tensor | bool:
-    "MSDM's silence rule along the last axis: ||x||_2 / N < threshold."
-    if isinstance(x, np.ndarray): return bool(np.linalg.norm(x, axis=-1).max() / x.shape[-1] < threshold) if x.ndim == 1 else np.linalg.norm(x, axis=-1) / x.shape[-1] < threshold
+def is_silent(x, threshold: float = SILENCE_THRESHOLD) -> torch.Tensor:
+    "MSDM's silence rule along the last axis, ||x||_2 / N < threshold: a bool tensor of x's leading shape (0-d for one signal)."
+    if isinstance(x, np.ndarray): x = torch.from_numpy(np.require(x, requirements="CW"))   # (copied only if it must be)
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"is_silent takes a tensor or a numpy array of samples (..., N), got {type(x).__name__}.")
+    if x.ndim == 0 or x.shape[-1] == 0: raise ValueError(f"is_silent needs samples along the last axis, got shape {tuple(x.shape)}.")
+    if not x.is_floating_point(): x = x.float()                         # integer PCM: the same rule on its raw values
     return torch.linalg.vector_norm(x, dim=-1) / x.shape[-1] < threshold
 
 def segment_starts(n_samples: int, length: int, hop: int) -> list[int]:

@@ -146,7 +146,7 @@ class HiFiGANForTraining(nn.Module):
         self.generator, self.discriminator = HiFiGAN(cfg), HiFiGANDiscriminator(cfg)
         self.front = MelFrontend(cfg.mel)
         self.mel_weight, self.disc_start = float(mel_weight), check_int(disc_start, "disc_start", min_value=0)
-        self._fakes = {}  # this step's generator output, from the discriminator's phase to the generator's
+        self.last_fake = None  # (wave, mel, fake) of this step's discriminator phase, for the generator's phase
 
     def fake(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "(log-mel phi(x) of real waves (B, N), generated waves G(phi(x)) of the same length)."
@@ -161,7 +161,7 @@ def hifigan_d_loss(model: HiFiGANForTraining, wave: torch.Tensor) -> dict[str, t
     "The discriminators' phase: LSGAN on real waves (B, N) vs the generator's (detached) output."
     share = _sharing()
     with nullcontext() if share else torch.no_grad(): mel, fake = model.fake(wave)
-    if share: model._fakes[id(wave)] = (wave, mel, fake)  # (the tensor itself is kept, so the id cannot be reused)
+    model.last_fake = (wave, mel, fake) if share else None
     real_out, fake_out = model.discriminator(wave), model.discriminator(fake.detach())
     n = len(model.discriminator.mpd.discriminators)
     d_mpd = discriminator_adv_loss([r for r, _ in real_out[:n]], [g for g, _ in fake_out[:n]])
@@ -170,7 +170,7 @@ def hifigan_d_loss(model: HiFiGANForTraining, wave: torch.Tensor) -> dict[str, t
 
 def hifigan_g_loss(model: HiFiGANForTraining, wave: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
     "The generator's phase: adversarial + feature matching + mel_weight * mel L1 (only the mel term before `disc_start`)."
-    shared = model._fakes.pop(id(wave), None)
+    shared, model.last_fake = model.last_fake, None                 # used once, and only for the same real batch
     mel, fake = shared[1:] if shared is not None and shared[0] is wave else model.fake(wave)
     mel_l1 = F.l1_loss(model.front(fake), mel)             # || phi(x) - phi(G(s)) ||_1, mean over bins
     out = {"mel_l1": mel_l1}

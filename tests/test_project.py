@@ -95,3 +95,31 @@ def test_demo_killed_during_training_resumes(tmp_path):
     res = subprocess.run(_demo_cmd(out), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("done before, reused") == 9, res.stdout
     assert time.perf_counter() - t < 60
+
+
+OUTPUT_BUDGET = 300_000   # bytes of outputs a committed notebook may carry (plots as small PNGs, no audio, no long logs)
+
+
+def test_committed_notebook_outputs_stay_within_budget():
+    heavy = {}
+    for path in sorted((ROOT / "nbs").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        size = sum(len(json.dumps(c.get("outputs", []))) for c in cells)
+        if size > OUTPUT_BUDGET: heavy[path.name] = size
+    assert not heavy, (f"notebook outputs over {OUTPUT_BUDGET // 1000} kB: {heavy}; strip audio players and long logs "
+                       f"(`nbdev_clean`), keep plots as small PNGs")
+
+
+def test_docs_site_runs_what_make_test_runs():
+    "The site builder executes a chapter as nbdev_test does: `slow`, `gpu`, `notest` and `eval: false` cells skipped."
+    import importlib.util
+    from types import SimpleNamespace as Cell
+    spec = importlib.util.spec_from_file_location("docs", ROOT / ".ci/docs.py")
+    docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(docs)
+    cfg = configparser.ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    assert docs.SKIP_FLAGS == set(cfg["DEFAULT"]["tst_flags"].split())
+    skipped = lambda src, kind="code": docs._skipped(Cell(cell_type=kind, source=src))
+    assert skipped("#| slow\ntrain()") and skipped("#| gpu\nx.cuda()") and skipped("#| eval: false\n1")
+    assert not skipped("#| export\ndef f(): pass") and not skipped("x = 1  #| slow is only a flag on the first lines")
+    assert skipped("# Title", kind="markdown")
+    assert "make docs" in (ROOT / "README.md").read_text() and "docs:" in (ROOT / "Makefile").read_text()

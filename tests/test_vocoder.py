@@ -250,7 +250,7 @@ def test_discriminators_start_at_disc_start_and_phases_touch_their_own_weights()
     assert any(not torch.equal(seen[3][0][k], seen[2][0][k]) for k in disc)
     assert "generator/adv" in seen[3][1] and "discriminator/d_mpd" in seen[3][1]
     assert all(not torch.equal(seen[1][0][k], start[k]) for k in gen if k.endswith("original1"))
-    assert model._fakes == {}
+    assert model.last_fake is None
 
 
 def test_generator_phase_does_not_compute_discriminator_gradients():
