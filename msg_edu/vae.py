@@ -6,30 +6,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (Config, Recipe, Pretrained, atomic_write, check_int, check_state_dict, check_tensor, checkpoint_kind,
-                          default_preset, seed_everything)
-from .checkpoint import check_run_folder
-from .data import SingleStems, SlakhIndex, check_dataset_root
-from .distributed import make_loader
-from .learner import Learner
-from .mel import MelConfig, MelFrontend
-from .optim import Phase, TrainConfig
+from .core import Config, Pretrained, check_int, check_state_dict, check_tensor, checkpoint_kind
+
 
 # %% auto #0
 __all__ = ['LOG_FLOOR', 'SHORTCUT_CENTER', 'LDM_VAE', 'VAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample',
            'Encoder', 'Decoder', 'DiagonalGaussian', 'space_to_channel', 'channel_to_space', 'pad_frames',
-           'AutoencoderKL', 'PatchDiscriminator', 'adaptive_weight', 'vae_loss', 'disc_loss', 'vae_phases', 'StemMels',
-           'VAETraining', 'freq_mean', 'evaluate_vae', 'train_vae', 'musicldm_names', 'to_musicldm_state_dict',
+           'AutoencoderKL', 'PatchDiscriminator', 'musicldm_names', 'to_musicldm_state_dict',
            'from_musicldm_state_dict']
 
 # %% ../nbs/05_vae.ipynb #876fc6c3
@@ -292,152 +282,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, mel): return self.net(mel.reshape(-1, 1, *mel.shape[-2:]))
 
-# %% ../nbs/05_vae.ipynb #7a441171
-def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    "LDM's balance: ||grad rec_loss|| / (||grad adv_loss|| + 1e-4) at `last_layer`, clamped, no gradient."
-    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_adv = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0]
-    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, max_weight).detach()
-
-def vae_loss(model: AutoencoderKL, mel: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
-    "The autoencoder's loss on mels (B, T, F): L1 + kl_weight * KL (both per mel value) [+ adversarial from disc_start]."
-    cfg = model.config
-    rec, post = model(mel)
-    l1 = (rec - mel).abs().mean()                  # (1/N) sum |x - x_hat|
-    kl = post.kl().sum() / mel.numel()             # (1/N) KL(q(z|x) || N(0, I)), summed over the batch's latents
-    out = {"loss": l1 + cfg.kl_weight * kl, "l1": l1, "kl": kl}
-    adversarial = model.discriminator is not None and step is not None and step >= cfg.disc_start
-    if adversarial and torch.is_grad_enabled():    # (validation runs without a graph: no adaptive weight there)
-        g_adv = -model.discriminator(rec).mean()   # the generator wants D(x_hat) large
-        lam = cfg.disc_weight * adaptive_weight(l1, g_adv, model.decoder.conv_out.weight)
-        out.update(loss=out["loss"] + lam * g_adv, g_adv=g_adv, disc_lambda=lam)
-    return out
-
-def disc_loss(model: AutoencoderKL, mel: torch.Tensor) -> dict[str, torch.Tensor]:
-    "The patch discriminator's hinge loss: real mels above +1, reconstructions below -1."
-    with torch.no_grad(): rec = model(mel)[0]
-    real, fake = model.discriminator(mel), model.discriminator(rec)
-    d = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
-    return {"loss": d, "logits_real": real.mean(), "logits_fake": fake.mean()}
-
-def _ldm_adam(params, lr): return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))  # LDM's autoencoder optimiser
-
-def vae_phases(model: AutoencoderKL, ldm_optimizer: bool = False) -> Phase | dict[str, Phase]:
-    "The Learner's phases for `model`: the autoencoder, plus the discriminator from `disc_start` when it has one."
-    if not isinstance(model, AutoencoderKL): raise TypeError(f"vae_phases needs an AutoencoderKL, got {type(model).__name__}.")
-    opt = _ldm_adam if ldm_optimizer else None
-    ae = Phase(vae_loss, params=lambda m: [p for n, p in m.named_parameters() if not n.startswith("discriminator.")], opt=opt)
-    if model.discriminator is None: return ae
-    return {"autoencoder": ae, "discriminator": Phase(disc_loss, params="discriminator", start=model.config.disc_start, opt=opt)}
-
-# %% ../nbs/05_vae.ipynb #16f713a5
-class StemMels(SingleStems):
-    "Log-mels (T, F) of `SingleStems`: every non-silent class and the mixture of `index`'s segments, for the VAE."
-    def __init__(self, index: SlakhIndex, segment_seconds: float = 10.24, *, crop_frames: int = 0,
-                 include_mix: bool = True, mel_config: MelConfig | None = None, multiple: int = 4):
-        cfg = mel_config or MelConfig()
-        if not isinstance(index, SlakhIndex): raise TypeError(f"index must be a SlakhIndex, got {type(index).__name__}.")
-        n = int(round(segment_seconds * index.cache.sr))
-        full = cfg.n_frames(n) // check_int(multiple, "multiple", min_value=1) * multiple
-        crop_frames = check_int(crop_frames, "crop_frames", min_value=0)
-        if crop_frames and (crop_frames % multiple or crop_frames > full):
-            raise ValueError(f"crop_frames={crop_frames} must be a multiple of {multiple} and at most the segment's "
-                             f"{full} frames (segment_seconds={segment_seconds}); use 0 for whole segments.")
-        self.frames, self.front = crop_frames or full, MelFrontend(cfg)
-        # samples that give `crop_frames` frames (centred frames: 1 + N // hop; otherwise 1 + (N - n_fft) // hop)
-        crop = (crop_frames - 1) * cfg.hop_length + (0 if cfg.center else cfg.n_fft) if crop_frames else 0
-        super().__init__(index, segment_seconds, crop_samples=crop, include_mix=include_mix, sr=cfg.sr)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.front(super().__getitem__(i))[: self.frames]
-
-# %% ../nbs/05_vae.ipynb #a5c1aa07
-@dataclasses.dataclass
-class VAETraining(Recipe):
-    "Everything `train_vae` needs: the VAE, the Learner's TrainConfig, and how mels are cut from the data."
-    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    batch_size: int = 4
-    segment_seconds: float = 10.24
-    crop_frames: int = 0              # random crops of this many frames in training; 0 = whole segments
-    include_mix: bool = True          # learn mixtures as well as single stems
-    ldm_optimizer: bool = False       # LDM's Adam(betas=(0.5, 0.9)) instead of AdamW with TrainConfig's betas
-    scale_batch: int = 64             # mels that scale_by_std measures (LDM: the first batch)
-    presets: ClassVar[dict] = {
-        "tiny": dict(batch_size=8, segment_seconds=1.28,
-                     train=dict(lr=2e-3, steps=60, warmup=5, log_every=5, valid_every=30, ema_decay=0.0)),
-        "toy": dict(batch_size=16, segment_seconds=2.56, crop_frames=128,
-                    train=dict(lr=2e-3, steps=100, warmup=10, log_every=10, valid_every=50, save_every=50, ema_decay=0.0)),
-        "slakh": dict(batch_size=4, segment_seconds=10.24, ldm_optimizer=True,
-                      train=dict(lr=8e-6, steps=800_000, warmup=0, schedule="constant", grad_clip=0.0, ema_decay=0.0,
-                                 log_every=100, valid_every=5000, save_every=5000))}
-
-    def validate(self):
-        check_int(self.batch_size, "batch_size", min_value=1); check_int(self.scale_batch, "scale_batch", min_value=1)
-        if not self.segment_seconds > 0: raise ValueError(f"segment_seconds must be > 0, got {self.segment_seconds}.")
-        if check_int(self.crop_frames, "crop_frames", min_value=0) % self.vae.down:
-            raise ValueError(f"crop_frames={self.crop_frames} must be a multiple of the VAE's down-sampling {self.vae.down}.")
-
-# %% ../nbs/05_vae.ipynb #b2146f3f
-@torch.no_grad()
-def freq_mean(mels: Iterable[torch.Tensor]) -> torch.Tensor:
-    "Mean log-mel per frequency bin (F,) over every frame of `mels` (a dataset or loader of (T, F) / (B, T, F))."
-    total, n = 0.0, 0
-    for m in mels:
-        m = m.reshape(-1, m.shape[-1]).double()
-        total, n = total + m.sum(0), n + m.shape[0]
-    if n == 0: raise ValueError("freq_mean got no mels.")
-    return (total / n).float()
-
-@torch.no_grad()
-def evaluate_vae(vae: AutoencoderKL, mels: Iterable[torch.Tensor], baseline: torch.Tensor | None = None) -> dict:
-    "Held-out log-mel L1 of `vae` (posterior mode) over `mels`, and of the per-frequency `baseline` mean if given."
-    was, device = vae.training, vae.scale_factor.device
-    vae.eval()
-    sums, n = {"l1": 0.0, "baseline_l1": 0.0}, 0
-    try:
-        for m in mels:
-            m = m.to(device); m = m[None] if m.ndim == 2 else m
-            sums["l1"] += float((vae(m, sample=False)[0] - m).abs().sum())
-            if baseline is not None: sums["baseline_l1"] += float((m - baseline.to(device)).abs().sum())
-            n += m.numel()
-    finally: vae.train(was)
-    if n == 0: raise ValueError("evaluate_vae got no mels.")
-    out = {"l1": sums["l1"] / n}
-    if baseline is not None: out.update(baseline_l1=sums["baseline_l1"] / n, ratio=sums["l1"] / max(sums["baseline_l1"], 1e-12))
-    return out
-
-# %% ../nbs/05_vae.ipynb #bfe6d97c
-def train_vae(data: str | os.PathLike, out: str | os.PathLike, recipe: str | VAETraining = "toy", *, resume: bool = False,
-              device=None, progress: bool = True, cache_dir: str | os.PathLike | None = None, seed: int = 0, cbs=()):
-    "Train a VAE on the stems and mixes of a Slakh-layout dataset; save it to `out`. Returns (vae, learner, metrics)."
-    recipe = VAETraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, VAETraining): raise TypeError(f"recipe must be a preset name or a VAETraining, got {type(recipe).__name__}.")
-    out = check_run_folder(out, resume)
-    check_dataset_root(data)
-    seed_everything(seed)
-    mels = {split: StemMels(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
-                            crop_frames=recipe.crop_frames if split == "train" else 0, include_mix=recipe.include_mix)
-            for split in ("train", "validation")}
-    vae = AutoencoderKL(recipe.vae)
-    train_dl = make_loader(mels["train"], min(recipe.batch_size, len(mels["train"])), seed=seed)
-    valid_dl = make_loader(mels["validation"], recipe.batch_size, shuffle=False, drop_last=False)
-    learn = Learner(vae, train_dl, vae_phases(vae, recipe.ldm_optimizer), valid_dl, recipe.train, out=out, device=device,
-                    progress=progress, cbs=cbs)
-    if resume: learn.load(out)
-    learn.fit()
-    vae.eval()
-    first = torch.stack([mels["train"][i] for i in range(min(recipe.scale_batch, len(mels["train"])))])
-    vae.scale_by_std(first.to(learn.device))
-    metrics = {"preset": recipe.to_dict(), "steps": learn.step, "scale_factor": float(vae.scale_factor),
-               "counts": {k: dict(v.counts) for k, v in mels.items()},
-               **evaluate_vae(vae, valid_dl, freq_mean(mels["train"]))}
-    if learn.rank == 0:
-        vae.save_pretrained(out)
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return vae, learn, metrics
-
 # %% ../nbs/05_vae.ipynb #a337cd53
 LDM_VAE = "first_stage_model."   # where a LatentDiffusion checkpoint keeps its autoencoder
 
@@ -498,3 +342,15 @@ def from_musicldm_state_dict(state: dict, config: VAEConfig | None = None, *, so
     vae.load_state_dict({ours: torch.cat([theirs[n].float() for n in ns], 0) for ours, ns in names.items()}
                         | {"scale_factor": vae.scale_factor}, strict=True)
     return vae.eval()
+
+# %% ../nbs/05_vae.ipynb #4ef43d0e
+# Names that moved to chapter 05b (training the VAE): the old import paths keep working for a release.
+_MOVED = ("adaptive_weight", "vae_loss", "disc_loss", "vae_phases", "StemMels", "VAETraining", "freq_mean", "evaluate_vae",
+          "train_vae")
+
+def __getattr__(name: str):
+    "`from msg_edu.vae import train_vae` (and the other training names) still works: they live in `msg_edu.vae_training`."
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module("msg_edu.vae_training"), name)
+    raise AttributeError(f"module 'msg_edu.vae' has no attribute {name!r}")
