@@ -22,7 +22,8 @@ from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, is_sile
 from .learner import _step_of, find_checkpoint, has_checkpoint
 from .mel import MelConfig, MelFrontend, magnitude, mel_to_wave, spectral_convergence, stft
 from .mgeldm import MGELDM, MGELDMTraining, evaluate_extraction, extract_file, train_mgeldm
-from .msgld import MSGLD, MSGLDTraining, evaluate_separation, generate_files, mask_ceilings, onset_agreement, separate_file, train_msgld
+from .msgld import MSGLD, MSGLDTraining, evaluate_separation, generate_files, separate_file, train_msgld
+from .scoring import mask_ceilings, onset_agreement
 from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .vae import VAETraining, train_vae
 from .vocoder import HiFiGAN, HiFiGANTraining, train_hifigan

@@ -10,17 +10,15 @@ import math
 from typing import Callable, ClassVar
 
 import torch
-from torch import nn
 
 from .core import Config, check_int, check_number, check_tensor
 
 # %% auto #0
-__all__ = ['LOG_SNR_RANGE', 'SCHEDULES', 'PREDICTIONS', 'T_PATTERNS', 'CONDITIONING', 'SAMPLERS', 'TOY_BASS', 'TOY_DRUMS',
-           'TOY_SPREAD', 'Schedule', 'LinearSchedule', 'CosineSchedule', 'make_schedule', 'check_track_t',
-           'check_prediction', 'q_sample', 'training_target', 'to_x0_eps', 'convert_prediction', 'masked_mse',
-           'get_prediction', 'diffusion_loss', 'sample_timesteps', 'Cond', 'drop_cond', 'Denoiser', 'Guided', 'guided',
-           'GaussianDenoiser', 'toy_gaussian', 'repaint_path', 'ddpm_sample', 'ddim_sample', 'dpmpp_2m_sample',
-           'get_sampler', 'toy_stems', 'ToyDenoiser', 'DiffusionConfig']
+__all__ = ['LOG_SNR_RANGE', 'SCHEDULES', 'PREDICTIONS', 'T_PATTERNS', 'CONDITIONING', 'SAMPLERS', 'Schedule', 'LinearSchedule',
+           'CosineSchedule', 'make_schedule', 'check_track_t', 'check_prediction', 'q_sample', 'training_target',
+           'to_x0_eps', 'convert_prediction', 'masked_mse', 'get_prediction', 'diffusion_loss', 'sample_timesteps',
+           'Cond', 'drop_cond', 'Denoiser', 'Guided', 'guided', 'repaint_path', 'ddpm_sample', 'ddim_sample',
+           'dpmpp_2m_sample', 'get_sampler', 'DiffusionConfig']
 
 # %% ../nbs/06_diffusion.ipynb #41b4a1c6
 LOG_SNR_RANGE = (-2 * math.log(80.0), -2 * math.log(0.01))   # sigma/alpha from 80 down to 0.01 (the `logsnr` grid)
@@ -342,84 +340,6 @@ def guided(model, w: float, *, batch: bool = True) -> Guided:
     "Wrap `model` with classifier-free guidance weight `w` (0: generation, 1: conditional, 1-2: MSG-LD separation)."
     return Guided(model, w, batch)
 
-# %% ../nbs/06_diffusion.ipynb #d09bfc4d
-class GaussianDenoiser:
-    "The optimal denoiser for x0 ~ N(mean, cov): E[x0 | x_t] in closed form for any per-track t (t = 0 = observed)."
-    def __init__(self, mean, cov, schedule: Schedule, prediction: str = "x0"):
-        self.mean = check_tensor(mean, "mean", min_ndim=1).double()       # (S, *dims)
-        d = self.mean.numel()
-        self.cov = check_tensor(cov, "cov", ndim=2).double()               # (D, D), D = S * prod(dims)
-        if self.cov.shape != (d, d):
-            raise ValueError(f"`cov` must be ({d}, {d}) for a mean of shape {tuple(self.mean.shape)}, got {tuple(self.cov.shape)}.")
-        if not torch.allclose(self.cov, self.cov.T) or float(torch.linalg.eigvalsh(self.cov).min()) <= 0:
-            raise ValueError("`cov` must be symmetric positive definite.")
-        self.schedule, self.prediction = schedule, check_prediction(prediction)
-
-    def x0(self, x_t, t) -> torch.Tensor:
-        "E[x0 | x_t] = mu + Sigma A (A Sigma A + S^2)^-1 (x_t - A mu) with A = diag(alpha(t)), S = diag(sigma(t)) per track."
-        if not isinstance(x_t, torch.Tensor) or x_t.shape[1:] != self.mean.shape:
-            raise ValueError(f"x_t must be (B, {', '.join(map(str, self.mean.shape))}), got {tuple(getattr(x_t, 'shape', ()))}.")
-        if not isinstance(t, torch.Tensor) or t.shape != x_t.shape[:2]:
-            raise ValueError(f"`t` must be a (B, S) = {tuple(x_t.shape[:2])} tensor, got {getattr(t, 'shape', t)}.")
-        B, S = t.shape
-        per = self.mean.numel() // S
-        mu, cov = self.mean.flatten().to(x_t.device), self.cov.to(x_t.device)
-        y = x_t.reshape(B, -1)
-        if bool((t == t[:1]).all()):   # the same times for every sample (incl. TD-Paint with one mask): one gain matrix
-            a, s = self.schedule._alpha_sigma(t[0].to(torch.float64))
-            a, s2 = a.repeat_interleave(per), (s ** 2).repeat_interleave(per)
-            gain = torch.linalg.solve(a[:, None] * cov * a[None, :] + torch.diag(s2), a[:, None] * cov).T  # Sigma A (A Sigma A + S^2)^-1
-            x0 = (mu - gain @ (a * mu)).to(x_t.dtype) + y @ gain.T.to(x_t.dtype)
-        else:                          # per-sample times: a batch of small solves
-            a, s = self.schedule._alpha_sigma(t.to(torch.float64))
-            a, s2 = a.repeat_interleave(per, 1), (s ** 2).repeat_interleave(per, 1)
-            M = a[:, :, None] * cov * a[:, None, :] + torch.diag_embed(s2)
-            x0 = (mu + (a * torch.linalg.solve(M, y.double() - a * mu)) @ cov.T).to(x_t.dtype)
-        return x0.reshape(x_t.shape)
-
-    def __call__(self, x_t, t, cond=None):
-        x0 = self.x0(x_t, t)
-        if self.prediction == "x0": return x0
-        a, s = _coefs(t, x_t, self.schedule)
-        eps = torch.where(s > 0, (x_t - a * x0) / s.clamp(min=1e-20), torch.zeros_like(x_t))
-        return eps if self.prediction == "eps" else a * eps - s * x0
-
-    def conditional(self, known_mask, known) -> tuple[torch.Tensor, torch.Tensor]:
-        "Mean and covariance of the unobserved tracks' elements given observed ones (Schur complement)."
-        S = self.mean.shape[0]
-        k = torch.as_tensor(known_mask, dtype=torch.bool).repeat_interleave(self.mean.numel() // S)
-        mu, C, u = self.mean.flatten(), self.cov, ~k
-        gain = C[u][:, k] @ torch.linalg.inv(C[k][:, k])
-        return mu[u] + gain @ (known.flatten().double()[k] - mu[k]), C[u][:, u] - gain @ C[k][:, u]
-
-    def exact_output(self, sampler: Callable, steps: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-        "Exact mean and covariance of a *deterministic* sampler's output for x_T ~ q(x_1), read off its affine map x_T -> x_0."
-        d = self.mean.numel()
-        basis = torch.cat([torch.zeros(1, d), torch.eye(d)]).double().reshape(d + 1, *self.mean.shape)
-        if kw.get("known") is not None: kw["known"] = kw["known"].double().expand(d + 1, *self.mean.shape)
-        out = sampler(self, basis, self.schedule, steps, **kw).reshape(d + 1, d)
-        b, M = out[0], (out[1:] - out[0]).T                                # x_0 = M x_T + b
-        a, s = self.schedule.alpha_sigma(torch.tensor(1.0))
-        m_T, C_T = a * self.mean.flatten(), a ** 2 * self.cov + s ** 2 * torch.eye(d, dtype=torch.float64)
-        return b + M @ m_T, M @ C_T @ M.T
-
-    def w2(self, mean, cov) -> float:
-        "Wasserstein-2 distance from N(mean, cov) (flattened like the data) to the data distribution N(mu, Sigma)."
-        def sqrtm(c):
-            e, v = torch.linalg.eigh(c); return v @ torch.diag(e.clamp(min=0).sqrt()) @ v.T
-        m1, c1 = torch.as_tensor(mean, dtype=torch.float64).flatten(), torch.as_tensor(cov, dtype=torch.float64)
-        r = sqrtm(self.cov)
-        d2 = ((m1 - self.mean.flatten()) ** 2).sum() + torch.trace(c1 + self.cov - 2 * sqrtm(r @ c1 @ r))
-        return float(d2.clamp(min=0).sqrt())
-
-# %% ../nbs/06_diffusion.ipynb #10690778
-def toy_gaussian(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    "The chapter's test Gaussian: mean (3 tracks, 2 dims) and a (6, 6) covariance correlated across tracks (eigenvalues >= 0.3)."
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 1.0]])
-    L = torch.randn(6, 6, generator=g) * 0.5
-    return mean, L @ L.T + 0.3 * torch.eye(6)
-
 # %% ../nbs/06_diffusion.ipynb #a9fe61c5
 CONDITIONING = ("tdpaint", "replace")
 
@@ -579,47 +499,6 @@ def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS: raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     return SAMPLERS[name]
 
-# %% ../nbs/06_diffusion.ipynb #49e8a3b1
-TOY_BASS, TOY_DRUMS, TOY_SPREAD = (-0.4, 0.4), (-1.6, 0.0, 1.6), 0.1
-
-def toy_stems(n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Toy stems (n, 2, 1): a bass at +-0.4 and drums at -1.6, 0 or +1.6, each + N(0, 0.1^2); every sum (mix) is unique."
-    n = check_int(n, "n", min_value=1)
-    gdev = generator.device if generator is not None else None
-    bass = torch.tensor(TOY_BASS)[torch.randint(len(TOY_BASS), (n,), generator=generator, device=gdev).cpu()]
-    drums = torch.tensor(TOY_DRUMS)[torch.randint(len(TOY_DRUMS), (n,), generator=generator, device=gdev).cpu()]
-    return torch.stack([bass, drums], 1)[..., None] + TOY_SPREAD * torch.randn(n, 2, 1, generator=generator, device=gdev).cpu()
-
-# %% ../nbs/06_diffusion.ipynb #570f1db2
-class ToyDenoiser(nn.Module):
-    "A small residual-MLP denoiser for toy tracks x (B, S, D): per-track timestep embedding, optional mixture condition."
-    def __init__(self, n_tracks: int = 2, dim: int = 1, hidden: int = 128, depth: int = 3, n_freqs: int = 6,
-                 prediction: str = "v", mix_cond: bool = True):
-        super().__init__()
-        self.n_tracks, self.dim = check_int(n_tracks, "n_tracks", min_value=1), check_int(dim, "dim", min_value=1)
-        self.mix_cond, self.prediction = mix_cond, check_prediction(prediction)
-        self.register_buffer("freqs", (math.pi / 2) * 2.0 ** torch.arange(n_freqs), persistent=False)
-        self.inp = nn.Linear(n_tracks * dim + (dim if mix_cond else 0), hidden)
-        self.emb = nn.Sequential(nn.Linear(n_tracks * 2 * n_freqs, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
-                                                   nn.Linear(hidden, hidden)) for _ in range(check_int(depth, "depth", min_value=1))])
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, n_tracks * dim))
-
-    def forward(self, x_t, t, cond: Cond | None = None):
-        if x_t.ndim != 3 or x_t.shape[1:] != (self.n_tracks, self.dim):
-            raise ValueError(f"x_t must be (B, {self.n_tracks}, {self.dim}), got {tuple(x_t.shape)}.")
-        check_track_t(t, x_t)
-        B = x_t.shape[0]
-        ang = t[..., None].to(x_t.dtype) * self.freqs                        # (B, S, F): each track's own time
-        emb = self.emb(torch.cat([ang.sin(), ang.cos()], -1).reshape(B, -1))
-        feats = [x_t.reshape(B, -1)]
-        if self.mix_cond:   # cond=None is unconditional, the same as a zeroed mix
-            mix = cond.mix if cond is not None and cond.mix is not None else x_t.new_zeros(B, 1, self.dim)
-            feats.append(mix.reshape(B, -1))
-        h = self.inp(torch.cat(feats, 1))
-        for block in self.blocks: h = h + block(h + emb)
-        return self.out(h).reshape(x_t.shape)
-
 # %% ../nbs/06_diffusion.ipynb #414a00df
 @dataclasses.dataclass
 class DiffusionConfig(Config):
@@ -681,3 +560,14 @@ class DiffusionConfig(Config):
         return get_sampler(self.sampler)(guided(model, w), x_T, schedule or self.build_schedule(), steps,
                                          cond=cond, known=known, known_mask=known_mask, conditioning=self.conditioning,
                                          spacing=self.spacing, t_end=self.t_end, callback=callback, generator=generator, **kw)
+
+# %% ../nbs/06_diffusion.ipynb #426c0e64
+_MOVED = {"toys": ("GaussianDenoiser", "toy_gaussian", "TOY_BASS", "TOY_DRUMS", "TOY_SPREAD", "toy_stems", "ToyDenoiser")}
+_MOVED = {name: module for module, names in _MOVED.items() for name in names}
+
+def __getattr__(name: str):
+    "Old import paths (`from msg_edu.diffusion import ToyDenoiser`) of names that moved to a later chapter."
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
+    raise AttributeError(f"module 'msg_edu.diffusion' has no attribute {name!r}")

@@ -23,9 +23,9 @@ from .core import Config, Pretrained, atomic_write, check_folder, check_int, che
 from .data import CLASS_ALIASES, SLAKH_CLASSES, SlakhIndex, TripletDataset
 from .diffusion import Cond, DiffusionConfig
 from .mel import MelFrontend
-from .msgld import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
-                           last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
-                           restore_frames, start_run)
+from .latent import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
+                            last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
+                            restore_frames, start_run)
 from .unet import MultiTrackUNet, UNetConfig
 from .vae import AutoencoderKL
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent

@@ -24,8 +24,8 @@ from .checkpoint import check_run_folder
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
 from .diffusion import _randn
 from .optim import TrainConfig
-from .msgld import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
-                           pipeline_parts, prepare_audio)
+from .latent import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
+                            pipeline_parts, prepare_audio)
 
 # %% auto #0
 __all__ = ['MSDM_FORMAT', 'edm_precond', 'edm_weight', 'sample_sigmas', 'karras_sigmas', 'EDMConfig', 'WaveUNetConfig',
@@ -464,7 +464,7 @@ def train_msdm(data, out, recipe: str | MSDMTraining = "toy", *, resume: bool = 
 def additivity_errors(stems, vae=None) -> dict:
     "How far each representation f is from additive on stems (B, S, N) mixed by their sum: ||f(mix) - sum_k f(x_k)|| relative to ||f(mix)|| and to the last stem's ||f(x_S)|| (what a Dirac constraint would get wrong)."
     from msg_edu.mel import MelFrontend
-    from msg_edu.msgld import fit_frames
+    from msg_edu.latent import fit_frames
     stems = check_tensor(stems, "stems", ndim=3).float()
     if stems.shape[1] < 2: raise MsgEduError(f"stems must hold at least 2 stems to mix, got {stems.shape[1]}: (B, S, N).")
     mix, front = stems.sum(1, keepdim=True), MelFrontend()
@@ -486,7 +486,7 @@ def system_scores(separate, generate, arrange, data, *, embedder=None, stems=MSD
     "One row of the three-system table for any system given as `separate(mix (K, 1, L)) -> (K, S, L)`, `generate(n, seconds) -> (n, S', N)` and `arrange(stems (n, S, N), generated (S,) bool) -> (n, S, N)`."
     from msg_edu.evaluation import sub_fad
     from msg_edu.metrics import fad
-    from msg_edu.msgld import onset_agreement, score_separator
+    from msg_edu.scoring import onset_agreement, score_separator
     if imputed not in stems: raise MsgEduError(f"imputed={imputed!r} must be one of the stems {list(stems)}.")
     n_songs, spent = check_int(n_songs, "n_songs", min_value=2), {"s": 0.0, "audio": 0.0}
     def timed(mix, _):

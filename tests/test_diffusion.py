@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from msg_edu.core import seed_everything
-from msg_edu.diffusion import (PREDICTIONS, Cond, Denoiser, DiffusionConfig, GaussianDenoiser, ToyDenoiser,
-                               convert_prediction, ddim_sample, ddpm_sample, diffusion_loss, dpmpp_2m_sample, drop_cond,
-                               get_sampler, guided, make_schedule, masked_mse, q_sample, repaint_path, sample_timesteps,
-                               to_x0_eps, toy_gaussian, toy_stems, training_target)
+from msg_edu.diffusion import (PREDICTIONS, Cond, Denoiser, DiffusionConfig, convert_prediction, ddim_sample, ddpm_sample,
+                               diffusion_loss, dpmpp_2m_sample, drop_cond, get_sampler, guided, make_schedule, masked_mse,
+                               q_sample, repaint_path, sample_timesteps, to_x0_eps, training_target)
+from msg_edu.toys import GaussianDenoiser, ToyDenoiser, toy_gaussian, toy_stems
 
 LINEAR, COSINE = make_schedule("linear"), make_schedule("cosine")
 

@@ -7,9 +7,10 @@ import torch
 
 from msg_edu.audio import load_audio, resample, save_audio
 from msg_edu.diffusion import DiffusionConfig
+from msg_edu.latent import LatentSegments
 from msg_edu.learner import Callback, TrainConfig
-from msg_edu.msgld import (MSGLD, LatentSegments, MSGLDTraining, dry_run, generate_files, onset_agreement, onset_times,
-                           separate_file, train_msgld)
+from msg_edu.msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
+from msg_edu.scoring import onset_agreement, onset_times
 from msg_edu.unet import MultiTrackUNet, UNetConfig
 from msg_edu.vae import AutoencoderKL, VAEConfig, train_vae, VAETraining
 
