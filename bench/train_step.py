@@ -36,7 +36,8 @@ CASES = {  # name: (preset, batch, frames, disc active, inference only)
 def worker(name: str, device: str, precision: str) -> dict:
     import torch
     from msg_edu.learner import Learner
-    from msg_edu.vae import AutoencoderKL, VAEConfig, VAETraining, vae_phases
+    from msg_edu.vae import AutoencoderKL, VAEConfig
+    from msg_edu.vae_training import VAETraining, vae_phases
     torch.set_num_threads(args.threads)
     preset, batch, frames, disc, infer = CASES[name]
     recipe = VAETraining.preset(preset)

@@ -27,7 +27,7 @@ from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, t
 from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
 from .render_midi import render_midi_dataset
 from .toyslakh import ToySlakhConfig, make_toy_slakh
-from .vae import VAETraining, train_vae
+from .vae_training import VAETraining, train_vae
 
 # %% auto #0
 __all__ = ['COUNT', 'SEED', 'NUMBER', 'SECONDS', 'AUDIO_SECONDS', 'RECIPES', 'build_parser', 'main']

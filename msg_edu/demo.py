@@ -25,7 +25,7 @@ from .mgeldm import MGELDM, MGELDMTraining, evaluate_extraction, extract_file, t
 from .msgld import MSGLD, MSGLDTraining, evaluate_separation, generate_files, separate_file, train_msgld
 from .scoring import mask_ceilings, onset_agreement
 from .toyslakh import ToySlakhConfig, make_toy_slakh
-from .vae import VAETraining, train_vae
+from .vae_training import VAETraining, train_vae
 from .vocoder import HiFiGAN, HiFiGANTraining, train_hifigan
 
 # %% auto #0

@@ -27,7 +27,7 @@ from .distributed import make_loader
 from .learner import Learner
 from .mel import MelConfig, MelFrontend, frame, get_window, magnitude
 from .optim import Phase, TrainConfig
-from .vae import StemMels
+from .vae_training import StemMels
 
 # %% auto #0
 __all__ = ['VGGISH_SR', 'VGGISH_WINDOW', 'VGGISH_HOP', 'VGGISH_FFT', 'VGGISH_MELS', 'VGGISH_PATCH', 'VGGISH_URL', 'VGGISH_SHAPES',

@@ -26,7 +26,8 @@ from .learner import Learner
 from .mel import MelFrontend
 from .optim import TrainConfig
 from .unet import UNetConfig
-from .vae import AutoencoderKL, VAETraining, from_musicldm_state_dict, pad_frames, train_vae
+from .vae import AutoencoderKL, from_musicldm_state_dict, pad_frames
+from .vae_training import VAETraining, train_vae
 
 # %% auto #0
 __all__ = ['PIPELINE_FIX', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames', 'restore_frames',

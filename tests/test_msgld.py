@@ -12,7 +12,8 @@ from msg_edu.learner import Callback, TrainConfig
 from msg_edu.msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
 from msg_edu.scoring import onset_agreement, onset_times
 from msg_edu.unet import MultiTrackUNet, UNetConfig
-from msg_edu.vae import AutoencoderKL, VAEConfig, train_vae, VAETraining
+from msg_edu.vae import AutoencoderKL, VAEConfig
+from msg_edu.vae_training import VAETraining, train_vae
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from msg_edu.core import from_pretrained, seed_everything
 from msg_edu.data import SlakhIndex, StemsDataset
 from msg_edu.learner import Callback, Learner, NonFiniteLossError, TrainConfig, make_loader
 from msg_edu.mel import MelFrontend
-from msg_edu.vae import (LOG_FLOOR, AutoencoderKL, StemMels, VAEConfig, VAETraining, disc_loss, pad_frames, train_vae,
-                         vae_loss, vae_phases)
+from msg_edu.vae import LOG_FLOOR, AutoencoderKL, VAEConfig, pad_frames
+from msg_edu.vae_training import StemMels, VAETraining, disc_loss, train_vae, vae_loss, vae_phases
 
 TINY = VAEConfig.preset("tiny")
 
@@ -185,3 +185,13 @@ def test_shortcut_starts_as_the_block_average_and_keeps_the_latent_shape():
     with torch.no_grad(): assert (plain(mel, sample=False)[0] - mel).abs().mean() > 1.0   # without it: noise
     with pytest.raises(ValueError, match="z_channels must divide"):
         VAEConfig.preset("toy", z_channels=3)
+
+
+def test_model_module_imports_no_training_code_and_old_paths_still_work():
+    import subprocess, sys
+    code = ("import sys, msg_edu.vae; print(sorted(m for m in ('msg_edu.learner', 'msg_edu.data', 'msg_edu.optim', "
+            "'msg_edu.vae_training') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    import msg_edu.vae as old, msg_edu.vae_training as new
+    for name in old._MOVED: assert getattr(old, name) is getattr(new, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope
