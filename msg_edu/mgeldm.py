@@ -211,7 +211,7 @@ class MGELDMTraining(LatentTraining):
         "tiny": dict(segment_seconds=1.28, batch_size=4, diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=10),
                      vae=dict(train=dict(steps=20, log_every=5, valid_every=10)),
                      train=dict(lr=2e-3, steps=20, warmup=2, log_every=5, valid_every=10, ema_decay=0.9)),
-        "toy": dict(segment_seconds=2.56, hop_seconds=2.56, crop_frames=32, batch_size=16, class_balance=True,
+        "toy": dict(segment_seconds=2.56, hop_seconds=1.28, crop_frames=32, batch_size=16, class_balance=True,
                     train_splits=("train", "validation"), extract_w=3.0,   # ours: see "What mattered for extraction"
                     diffusion=dict(MGE_DIFFUSION, sampler="dpmpp_2m", steps=20, p_drop_labels=0.2, p_terminal=0.3),
                     train=dict(lr=2e-3, steps=1000, warmup=30, log_every=20, valid_every=250, save_every=250, ema_decay=0.99)),
