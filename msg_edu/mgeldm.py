@@ -21,7 +21,8 @@ from torch import nn
 
 from .core import Config, Pretrained, atomic_write, check_folder, check_int, check_number, check_tensor, get_device
 from .data import CLASS_ALIASES, SLAKH_CLASSES, SlakhIndex, TripletDataset
-from .diffusion import Cond, DiffusionConfig
+from .guidance import Cond
+from .samplers import DiffusionConfig
 from .mel import MelFrontend
 from .latent import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
                             last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from msg_edu.audio import load_audio, save_audio
-from msg_edu.diffusion import Cond, DiffusionConfig
+from msg_edu.guidance import Cond
+from msg_edu.samplers import DiffusionConfig
 from msg_edu.mgeldm import (MGE_DIFFUSION, MGELDM, LabelConfig, LabelEncoder, MGELDMTraining, TripletConfig,
                             TripletDenoiser, TripletLatents, add_stem_file, extract_file, label_words)
 from msg_edu.vae import AutoencoderKL, VAEConfig
