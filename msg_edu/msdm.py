@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -20,7 +19,7 @@ import torch.nn as nn
 from .core import (MsgEduError, Recipe, atomic_write, check_folder, check_int, check_number, check_tensor, n_params,
                           seed_everything)
 from .checkpoint import check_run_folder
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
+from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root
 from .diffusion import _randn
 from .edm import EDMConfig, _check_known, edm_sample
 from .optim import TrainConfig
@@ -30,7 +29,7 @@ from .latent import (by_segments, describe_folder, finish_run, fit_denoiser, las
 
 # %% auto #0
 __all__ = ['MSDM_FORMAT', 'msdm_separate', 'MSDM', 'msdm_separate_file', 'msdm_generate_files', 'MSDMTraining', 'msdm_segments',
-           'train_msdm', 'additivity_errors', 'system_scores', 'systems_table']
+           'train_msdm', 'additivity_errors']
 
 # %% ../nbs/11b_msdm.ipynb #1a5cce2c
 @torch.no_grad()
@@ -252,66 +251,12 @@ def additivity_errors(stems, vae=None) -> dict:
     if vae is not None: out["VAE latent"] = rel(lambda w: vae.encode_latent(fit_frames(front(w), vae.config.down)))
     return out
 
-# %% ../nbs/11b_msdm.ipynb #db0cd608
-def _per_10s(seconds: float, audio_seconds: float) -> float: return seconds / max(audio_seconds, 1e-9) * 10
-
-@torch.no_grad()
-def system_scores(separate, generate, arrange, data, *, embedder=None, stems=MSDM_STEMS, sr: int = 16000,
-                  seconds: float = 2.56, n_songs: int = 8, imputed: str = "bass", max_tracks: int | None = None,
-                  cache_dir=None) -> dict:
-    "One row of the three-system table for any system given as `separate(mix (K, 1, L)) -> (K, S, L)`, `generate(n, seconds) -> (n, S', N)` and `arrange(stems (n, S, N), generated (S,) bool) -> (n, S, N)`."
-    from msg_edu.evaluation import sub_fad
-    from msg_edu.metrics import fad
-    from msg_edu.scoring import onset_agreement, score_separator
-    if imputed not in stems: raise MsgEduError(f"imputed={imputed!r} must be one of the stems {list(stems)}.")
-    n_songs, spent = check_int(n_songs, "n_songs", min_value=2), {"s": 0.0, "audio": 0.0}
-    def timed(mix, _):
-        t = time.perf_counter(); out = separate(mix)
-        spent["s"] += time.perf_counter() - t; spent["audio"] += mix.shape[0] * mix.shape[-1] / sr
-        return out
-    row = {"separation": score_separator(timed, data, "test", stems=stems, segment_seconds=seconds, sr=sr,
-                                         max_tracks=max_tracks, cache_dir=cache_dir)}
-    row["separate_s_per_10s"] = _per_10s(spent["s"], spent["audio"])
-    real = StemsDataset(SlakhIndex(data, "test", stems=list(stems), missing="drop", sr=sr, cache_dir=cache_dir), seconds)
-    full = [it["stems"] for it in map(real.__getitem__, range(len(real))) if not bool(torch.as_tensor(is_silent(it["stems"])).any())]
-    if len(full) < 2: raise MsgEduError(f"the test split of {data} has {len(full)} segments of {seconds} s with all stems sounding; give more data.")
-    ref = torch.stack(full[:n_songs])                                         # (n, S, N) real test segments, every stem sounding
-    t = time.perf_counter(); gen = generate(len(ref), seconds).float().cpu()
-    row["generate_s_per_10s"] = _per_10s(time.perf_counter() - t, len(ref) * seconds)
-    try: row["onset_agreement"] = onset_agreement(gen, sr)
-    except ValueError: row["onset_agreement"] = float("nan")                                # no two sounding stems
-    mask = torch.tensor([s == imputed for s in stems])
-    part = arrange(ref, mask).float().cpu()
-    row["fad"] = row["sub_fad"] = float("nan")
-    if embedder is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # few songs: singular covariances (the same count for every system)
-            row["fad"] = fad(embedder.embed(ref.sum(1), sr), embedder.embed(gen.sum(1), sr))
-            row["sub_fad"] = sub_fad(embedder, ref, part, mask, sr)
-    return row
-
-def systems_table(rows: dict, train_minutes: dict | None = None) -> str:
-    "Markdown: one line per system of `system_scores` rows (and training minutes)."
-    stems = next(iter(rows.values()))["separation"]["stems"]
-    head = (["system"] + [f"SI-SDRi {s}" for s in stems] + ["SI-SDRi mean"] + [f"L1 {s}" for s in stems] +
-            ["FAD", "onset agr.", f"sub-FAD", "train min", "sep. s/10 s", "gen. s/10 s"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in rows.items():
-        sep = r["separation"]
-        cells = ([f"{sep['si_sdri'][s]:+.2f}" for s in stems] + [f"{sep['si_sdri']['All']:+.2f}"] +
-                 [f"{sep['log_mel_l1'][s]:.2f}" for s in stems] +
-                 [f"{r['fad']:.2f}", f"{r['onset_agreement']:.2f}", f"{r['sub_fad']:.2f}",
-                  f"{(train_minutes or {}).get(name, float('nan')):.1f}", f"{r['separate_s_per_10s']:.1f}", f"{r['generate_s_per_10s']:.1f}"])
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    mix = next(iter(rows.values()))["separation"]["mix_log_mel_l1"]
-    lines.append("| mixture as estimate | " + " | ".join(["+0.00"] * (len(stems) + 1)) + " | " +
-                 " | ".join(f"{mix[s]:.2f}" for s in stems) + " | | | | | | |")
-    return "\n".join(lines)
-
 # %% ../nbs/11b_msdm.ipynb #afd49785
 from .edm import _sigmas, edm_precond, edm_weight, karras_sigmas, sample_sigmas  # noqa: F401  (old paths)
 from .waveunet import Attention1d, ResBlock1d  # noqa: F401  (old paths)
+from .scoring import system_scores, systems_table  # noqa: F401  (old paths)
 
 _MOVED = {"edm": ("_sigmas", "edm_precond", "edm_weight", "sample_sigmas", "karras_sigmas", "EDMConfig", "_check_known",
                   "edm_sample"),
-          "waveunet": ("WaveUNetConfig", "ResBlock1d", "Attention1d", "WaveUNet", "msdm_loss")}
+          "waveunet": ("WaveUNetConfig", "ResBlock1d", "Attention1d", "WaveUNet", "msdm_loss"),
+          "scoring": ("system_scores", "systems_table")}

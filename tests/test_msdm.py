@@ -191,7 +191,7 @@ def test_edm_and_the_unet_load_without_the_pipeline_and_old_paths_still_work():
             "'msg_edu.learner') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     import msg_edu.msdm as old
-    assert sum(map(len, old._MOVED.values())) == 13
+    assert sum(map(len, old._MOVED.values())) == 15
     for module, names in old._MOVED.items():
         for name in names: assert getattr(old, name) is getattr(importlib.import_module(f"msg_edu.{module}"), name), name
     from msg_edu.msdm import EDMConfig as old_cfg, WaveUNet as old_unet   # the old `from` form
