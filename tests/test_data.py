@@ -12,7 +12,8 @@ import yaml
 
 from msg_edu.data import (AudioCache, DataError, SlakhIndex, StemsDataset, TripletDataset, canonical_class, is_silent,
                           read_slakh_track)
-from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh, read_midi
+from msg_edu.slakh_format import read_midi
+from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh
 
 TINY = ToySlakhConfig.preset("tiny").to_dict()
 
@@ -295,3 +296,13 @@ def test_bad_requests_are_errors(quirky, cache_dir, tmp_path):
     index = SlakhIndex(quirky, "train", stems="all", cache_dir=cache_dir)
     with pytest.raises(DataError, match="has no segment"): StemsDataset(index, segment_seconds=30)
     assert canonical_class("SYNTH PAD") == "Synth Pad"
+
+
+def test_slakh_format_loads_alone_and_old_toyslakh_paths_still_work():
+    import subprocess, sys
+    import msg_edu.slakh_format as new, msg_edu.toyslakh as old
+    code = ("import sys, msg_edu.slakh_format; print(sorted(m for m in ('msg_edu.toyslakh', 'msg_edu.soundfont', 'msg_edu.data') "
+            "if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert len(new.__all__) == 7
+    for name in new.__all__: assert getattr(old, name) is getattr(new, name), name

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from msg_edu.soundfont import (SoundFont, SoundFontError, VolumeEnvelope, default_sf2, find_preset, find_voices,
                                load_soundfont, play_note, playback_step, read_sample, render_notes, render_voice,
                                sample_region, velocity_attenuation, write_sf2)
-from msg_edu.toyslakh import Note
+from msg_edu.slakh_format import Note
 
 SR = 44100
 SINE = 0.5 * np.sin(2 * np.pi * 440 * np.arange(44000) / 44000)   # A4 at 44 kHz: exactly 100 points per period
