@@ -224,7 +224,8 @@ def render_stems(plan: TrackPlan, n_samples: int, sr: int, synth: str = "sf2", p
                 for inst, notes in plan.stems.items()}
     if synth != "sf2": raise ValueError(f"synth must be 'sf2' or 'osc', got {synth!r}.")
     # the next chapter's sampler, imported when it is used: this module does not import a later chapter at load time
-    from msg_edu.soundfont import find_preset, gm_program_name, load_soundfont, render_notes
+    from msg_edu.soundfont import load_soundfont
+    from msg_edu.soundfont_player import find_preset, gm_program_name, render_notes
     sf, out = load_soundfont(sf2), {}
     for inst, notes in plan.stems.items():
         base, program = INSTRUMENTS[inst], programs[inst]
