@@ -15,7 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params, read_checkpoint
+from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params
+from .pretrained import read_checkpoint
 from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
 from .guidance import Cond
 from .samplers import DiffusionConfig

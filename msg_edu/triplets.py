@@ -15,7 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .core import Config, Pretrained, atomic_write, check_int, check_tensor, get_device
+from .core import Config, atomic_write, check_int, check_tensor, get_device
+from .pretrained import Pretrained
 from .data import CLASS_ALIASES, SLAKH_CLASSES, TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import Config, MsgEduError, Pretrained, check_int, check_number, check_tensor
+from .core import Config, MsgEduError, check_int, check_number, check_tensor
+from .pretrained import Pretrained
 from .edm import EDMConfig, _sigmas, edm_precond, edm_weight, sample_sigmas
 
 # %% auto #0

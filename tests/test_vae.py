@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from msg_edu.core import from_pretrained, seed_everything
+from msg_edu.core import seed_everything
+from msg_edu.pretrained import from_pretrained
 from msg_edu.data import SlakhIndex, StemsDataset
 from msg_edu.learner import Callback, Learner, NonFiniteLossError, TrainConfig, make_loader
 from msg_edu.mel import MelFrontend
