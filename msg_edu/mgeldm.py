@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .core import atomic_write, check_folder, check_int, check_number
-from .data import SlakhIndex, TripletDataset
+from .data import SlakhIndex
+from .datasets import TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .mel import MelFrontend

@@ -19,7 +19,8 @@ import torch.nn as nn
 from .core import (MsgEduError, Recipe, atomic_write, check_folder, check_int, check_number, check_tensor, n_params,
                           seed_everything)
 from .checkpoint import check_run_folder
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root
+from .data import MSDM_STEMS, SlakhIndex, canonical_class, check_dataset_root
+from .datasets import StemsDataset
 from .diffusion import _randn
 from .edm import EDMConfig, _check_known, edm_sample
 from .optim import TrainConfig

@@ -17,7 +17,8 @@ from torch import nn
 
 from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params
 from .pretrained import read_checkpoint
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
+from .data import MSDM_STEMS, SlakhIndex, canonical_class, check_dataset_root, is_silent
+from .datasets import StemsDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .hifigan import HiFiGAN, generator_weights, load_public

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .core import MsgEduError, check_int, check_tensor, get_device
-from .data import MSDM_STEMS, DataError, SlakhIndex, StemsDataset, is_silent
+from .data import DataError, MSDM_STEMS, SlakhIndex, is_silent
+from .datasets import StemsDataset
 from .evaluation import sub_fad
 from .latent import fit_frames, restore_frames
 from .mel import MelFrontend

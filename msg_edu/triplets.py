@@ -17,7 +17,8 @@ from torch import nn
 
 from .core import Config, atomic_write, check_int, check_tensor, get_device
 from .pretrained import Pretrained
-from .data import CLASS_ALIASES, SLAKH_CLASSES, TripletDataset
+from .data import CLASS_ALIASES, SLAKH_CLASSES
+from .datasets import TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .mel import MelFrontend
