@@ -49,7 +49,7 @@ if args.child:   # one measurement: load, separate, report
 
 import torch  # noqa: E402
 from msg_edu.audio import save_audio  # noqa: E402
-from msg_edu.diffusion import DiffusionConfig  # noqa: E402
+from msg_edu.samplers import DiffusionConfig  # noqa: E402
 from msg_edu.msgld import MSGLD  # noqa: E402
 from msg_edu.unet import MultiTrackUNet, UNetConfig  # noqa: E402
 from msg_edu.vae import AutoencoderKL, VAEConfig  # noqa: E402

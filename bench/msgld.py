@@ -72,7 +72,7 @@ print(f"RESULT MSG-LD separation, DPM-Solver++(2M) 25 / the paper's DDIM 200: {d
 
 if torch.cuda.is_available():   # the slakh preset: throughput and peak memory of training steps in bf16 autocast
     from functools import partial
-    from msg_edu.diffusion import Cond
+    from msg_edu.guidance import Cond
     from msg_edu.msgld import MSGLDTraining, msgld_loss
     from msg_edu.unet import MultiTrackUNet
     r = MSGLDTraining.preset("slakh")

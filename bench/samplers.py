@@ -25,7 +25,8 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msg_edu.diffusion import ddim_sample, ddpm_sample, dpmpp_2m_sample, make_schedule  # noqa: E402
+from msg_edu.diffusion import make_schedule  # noqa: E402
+from msg_edu.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample  # noqa: E402
 from msg_edu.toys import GaussianDenoiser, toy_gaussian  # noqa: E402
 
 torch.set_num_threads(args.threads)

@@ -24,8 +24,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msg_edu.soundfont import find_preset, load_soundfont, render_notes  # noqa: E402
-from msg_edu.toyslakh import INSTRUMENTS, Note, ToySlakhConfig, draw_programs, make_toy_slakh, plan_track  # noqa: E402
+from msg_edu.soundfont import load_soundfont  # noqa: E402
+from msg_edu.soundfont_player import find_preset, render_notes  # noqa: E402
+from msg_edu.slakh_format import Note  # noqa: E402
+from msg_edu.toyslakh import INSTRUMENTS, ToySlakhConfig, draw_programs, make_toy_slakh, plan_track  # noqa: E402
 
 torch.set_num_threads(1)
 sr, seconds = 44100, 12.0

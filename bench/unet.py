@@ -41,7 +41,7 @@ def build(layout: str, model_channels=None):
 
 def worker(layout, model_channels, device, precision) -> dict:
     import torch
-    from msg_edu.diffusion import Cond
+    from msg_edu.guidance import Cond
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build(layout, model_channels).to(device)

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRESETS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError',
-           'check_tensor', 'check_int', 'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe',
-           'save_pretrained', 'load_config', 'check_state_dict', 'from_pretrained', 'Pretrained', 'read_json',
-           'read_weights', 'read_checkpoint', 'checkpoint_kind', 'n_params', 'fmt_count']
+__all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
+           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'n_params', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -271,143 +269,6 @@ class Recipe(Config):
                 p[f.name] = tp.preset(name, **{**p.get(f.name, {}), **extra}).to_dict()
         return cls.from_dict({**p, **overrides})
 
-# %% ../nbs/00_core.ipynb #7ba296ec
-from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors
-
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-
-def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
-    "Write `model.config` to `config.json` and its weights to `model.safetensors` in `directory`."
-    cfg = getattr(model, "config", None)
-    if not isinstance(cfg, Config):
-        raise TypeError(f"save_pretrained needs a model with a `config` attribute holding a msg_edu Config; "
-                        f"{type(model).__name__}.config is {type(cfg).__name__}.")
-    directory = Path(directory); directory.mkdir(parents=True, exist_ok=True)
-    from msg_edu import __version__
-    meta = {"model_class": type(model).__name__, "config_class": type(cfg).__name__,
-            "config": cfg.to_dict(), "msg_edu_version": __version__}
-    # clone: safetensors refuses tensors that share storage (tied weights, views)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_write(directory/WEIGHTS_NAME, mode=None) as tmp:
-        _save_safetensors(state, str(tmp), metadata={"format": "pt", "model_class": meta["model_class"]})
-    with atomic_write(directory/CONFIG_NAME, "w") as f: json.dump(meta, f, indent=2)
-    return directory
-
-def load_config(directory: str | os.PathLike) -> tuple[dict, Config]:
-    "Read `config.json` from a saved model directory; returns (metadata, config)."
-    path = Path(directory)/CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {Path(directory)!s}: pass a directory written by "
-                                f"save_pretrained (it holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
-    fix = "Copy the model folder again, or save (train) the model again."
-    meta = read_json(path, {"model_class": str, "config_class": str, "config": dict}, fix=fix)
-    cfg_cls = _CONFIG_TYPES.get(meta["config_class"])
-    if cfg_cls is None:
-        raise MsgEduError(f"{path} needs config class {meta['config_class']!r}, which is not defined; "
-                          f"import the msg_edu module that defines it first.")
-    try: return meta, cfg_cls.from_dict(meta["config"])
-    except (TypeError, ValueError) as e: raise MsgEduError(f"{path}: its config does not build ({e}) {fix}") from e
-
-# %% ../nbs/00_core.ipynb #c0a1b2c4
-def check_state_dict(state: dict, expected: dict, source, model: str, hint: str = "") -> None:
-    "Raise a ValueError naming `source` unless `state` has exactly the tensor names and shapes of `expected`."
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        def few(xs): return (xs[:5] + [f"... {len(xs) - 5} more"]) if len(xs) > 5 else xs
-        raise MsgEduError(f"the weights in {source} do not fit {model}: missing {few(missing)}, unexpected {few(unexpected)}, "
-                          f"shape mismatches {few(shapes)}." + (f" {hint}" if hint else ""))
-
-def from_pretrained(cls: type, directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    "Rebuild `cls(config)` from `directory` and load its weights (checked against the model's shapes)."
-    meta, cfg = load_config(directory)
-    if meta["model_class"] != cls.__name__:
-        raise MsgEduError(f"{Path(directory)!s} holds a {meta['model_class']}, not a {cls.__name__}; "
-                         f"load it with {meta['model_class']}.from_pretrained(...).")
-    wpath = Path(directory)/WEIGHTS_NAME
-    if not wpath.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {Path(directory)!s}; the save did not finish, save it again.")
-    model = cls(cfg)
-    state = read_weights(wpath, device, fix="Copy the model folder again, or save (train) the model again.")
-    from msg_edu import __version__
-    saved_by = meta.get("msg_edu_version", "an unknown version")
-    hint = ("config.json and model.safetensors come from different models; save the model again." if saved_by == __version__
-            else f"It was saved by msg_edu {saved_by} and this is {__version__}, whose {cls.__name__} differs: retrain it "
-                 f"(or load it with the version that saved it).")
-    check_state_dict(state, model.state_dict(), wpath, f"{cls.__name__}({cfg})", hint)
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-class Pretrained:
-    "Mixin giving an `nn.Module` with a `config` the methods `save_pretrained` and `from_pretrained`."
-    def save_pretrained(self, directory): return save_pretrained(self, directory)
-    @classmethod
-    def from_pretrained(cls, directory, device="cpu"): return from_pretrained(cls, directory, device)
-
-# %% ../nbs/00_core.ipynb #e92ad4e4
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
-               type(None): "null"}
-
-def read_json(path: str | os.PathLike, keys: dict[str, type | tuple[type, ...]] | None = None, *, fix: str = "") -> dict:
-    "The JSON object in `path`, holding `keys` (name -> expected type); a damaged or foreign file raises MsgEduError naming it."
-    path, fix = Path(path), (f" {fix}" if fix else "")
-    try: obj = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MsgEduError(f"{path} is not valid JSON ({e}); the file is damaged or is not what msg_edu wrote.{fix}") from e
-    if not isinstance(obj, dict):
-        raise MsgEduError(f"{path} holds {_JSON_TYPES.get(type(obj), type(obj).__name__)}, not a JSON object; it is not what "
-                          f"msg_edu wrote.{fix}")
-    for k, tp in (keys or {}).items():
-        if k not in obj: raise MsgEduError(f"{path} lacks the key {k!r}; the file is damaged or is not what msg_edu wrote.{fix}")
-        if not isinstance(obj[k], tp) or (tp is not bool and isinstance(obj[k], bool) and bool not in (tp if isinstance(tp, tuple) else (tp,))):
-            want = " or ".join(sorted({_JSON_TYPES.get(t, t.__name__) for t in (tp if isinstance(tp, tuple) else (tp,))}))
-            raise MsgEduError(f"{path}: {k!r} must be {want}, got {_JSON_TYPES.get(type(obj[k]), type(obj[k]).__name__)}; the "
-                              f"file is damaged or is not what msg_edu wrote.{fix}")
-    return obj
-
-def read_weights(path: str | os.PathLike, device: str | torch.device = "cpu", *, fix: str = "") -> dict[str, torch.Tensor]:
-    "The tensors of a safetensors file, checked complete (it parses) and finite; a damaged file raises MsgEduError naming it."
-    path, fix = Path(path), (f" {fix}" if fix else "")
-    try: state = _load_safetensors(str(path), device=str(device))
-    except Exception as e:    # safetensors' SafetensorError (truncated, not safetensors) and OSError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise MsgEduError(f"{path} is damaged or incomplete (safetensors: {first}).{fix}") from e
-    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise MsgEduError(f"{path} holds NaN or Inf in {len(bad)} tensor(s), first {bad[0]!r}: damaged weights, or saved from "
-                          f"a run that diverged.{fix}")
-    return state
-
-# %% ../nbs/00_core.ipynb #774df77c
-def read_checkpoint(path: str | os.PathLike, what: str) -> dict:
-    "The dict in a `torch.save` file, read with weights_only=True (no code is unpickled); a Lightning 'state_dict' is unwrapped."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} checkpoint at {path}; msg_edu never downloads weights: pass the path of the "
-                                f"file you downloaded.")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"{path} is not a {what} checkpoint that torch.load(weights_only=True) can read ({first}). msg_edu never "
-            f"unpickles code. If you trust the file, extract its tensors once: python -c \"import torch; c = torch.load("
-            f"'{path}', map_location='cpu', weights_only=False); torch.save(c.get('state_dict', c), 'state_dict.pt')\" "
-            f"and pass state_dict.pt instead.") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict): obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict (names -> tensors) of a {what}.")
-    return obj
-
-def checkpoint_kind(state: dict) -> str:
-    "What a state dict holds, for the error that names a wrong file: a U-Net, an autoencoder, a HiFi-GAN vocoder."
-    keys = [k for k in state if isinstance(k, str)]
-    def has(name): return any(k.startswith(name) or "." + name in k for k in keys)
-    if has("input_blocks.0.0.weight"): return "a U-Net"
-    if has("encoder.conv_in."): return "an autoencoder (VAE)"
-    if has("conv_pre."): return "a HiFi-GAN vocoder"
-    return f"no model that msg_edu knows (first keys {sorted(keys)[:4]})"
-
 # %% ../nbs/00_core.ipynb #b2435c00
 def n_params(model: nn.Module, trainable_only: bool = False) -> int:
     "Number of parameters of `model` (only those with `requires_grad` if `trainable_only`)."
@@ -418,3 +279,15 @@ def fmt_count(n: int) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale: return f"{n / scale:.1f}{unit}"
     return str(n)
+
+# %% ../nbs/00_core.ipynb #5669a57a
+_MOVED = {"pretrained": ("CONFIG_NAME", "WEIGHTS_NAME", "save_pretrained", "load_config", "check_state_dict", "from_pretrained",
+                         "Pretrained", "read_json", "read_weights", "read_checkpoint", "checkpoint_kind")}
+_MOVED = {name: module for module, names in _MOVED.items() for name in names}
+
+def __getattr__(name: str):
+    "Old import paths (`from msg_edu.core import save_pretrained`) of names that moved to a later chapter."
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
+    raise AttributeError(f"module 'msg_edu.core' has no attribute {name!r}")

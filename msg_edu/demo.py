@@ -18,7 +18,8 @@ import torch
 from . import __version__
 from .audio import example_music, load_audio, resample, save_audio, show_mel, snr_db
 from .core import PRESETS, atomic_write, check_int, seed_everything
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, is_silent
+from .data import MSDM_STEMS, SlakhIndex, canonical_class, is_silent
+from .datasets import StemsDataset
 from .learner import _step_of, find_checkpoint, has_checkpoint
 from .mel import MelConfig, MelFrontend, magnitude, mel_to_wave, spectral_convergence, stft
 from .mgeldm import MGELDM, MGELDMTraining, evaluate_extraction, extract_file, train_mgeldm

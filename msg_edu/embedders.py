@@ -21,7 +21,8 @@ from torch import nn
 
 from .audio import resample
 from .checkpoint import check_run_folder
-from .core import Config, Recipe, Pretrained, atomic_write, check_int, check_tensor, seed_everything
+from .core import Config, Recipe, atomic_write, check_int, check_tensor, seed_everything
+from .pretrained import Pretrained
 from .data import DataError, SlakhIndex, check_dataset_root, is_silent
 from .distributed import make_loader
 from .learner import Learner

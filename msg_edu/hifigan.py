@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from .core import Config, Pretrained, atomic_write, check_int, check_state_dict, read_checkpoint
+from .core import Config, atomic_write, check_int
+from .pretrained import Pretrained, check_state_dict, read_checkpoint
 from .mel import MelConfig
 from .vocoder import Vocoder, fit_length
 

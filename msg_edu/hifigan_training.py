@@ -23,7 +23,8 @@ from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from .callbacks import Callback, CancelFit
 from .checkpoint import check_run_folder
 from .core import Recipe, atomic_write, check_int, seed_everything
-from .data import SingleStems, SlakhIndex, check_dataset_root
+from .data import SlakhIndex, check_dataset_root
+from .datasets import SingleStems
 from .distributed import make_loader
 from .hifigan import LRELU_SLOPE, HiFiGAN, HiFiGANConfig, get_padding
 from .learner import Learner

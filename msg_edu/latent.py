@@ -17,10 +17,12 @@ from torch import nn
 
 from .audio import resample
 from .checkpoint import check_run_folder, has_checkpoint
-from .core import (MsgEduError, Progress, Recipe, atomic_write, check_int, check_number, check_tensor, get_device,
-                          load_config, read_checkpoint, read_json, seed_everything)
-from .data import StemsDataset, check_dataset_root, is_silent
-from .diffusion import DiffusionConfig
+from .core import (MsgEduError, Progress, Recipe, atomic_write, check_int, check_number, check_tensor,
+                          get_device, seed_everything)
+from .pretrained import load_config, read_checkpoint, read_json
+from .data import check_dataset_root, is_silent
+from .datasets import StemsDataset
+from .samplers import DiffusionConfig
 from .distributed import make_loader
 from .learner import Learner
 from .mel import MelFrontend

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import json
 import re
 import warnings
@@ -19,180 +18,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import Config, Pretrained, atomic_write, check_folder, check_int, check_number, check_tensor, get_device
-from .data import CLASS_ALIASES, SLAKH_CLASSES, SlakhIndex, TripletDataset
-from .diffusion import Cond, DiffusionConfig
+from .core import atomic_write, check_folder, check_int, check_number
+from .data import SlakhIndex
+from .datasets import TripletDataset
+from .guidance import Cond
+from .samplers import DiffusionConfig
 from .mel import MelFrontend
 from .latent import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
                             last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
                             restore_frames, start_run)
-from .unet import MultiTrackUNet, UNetConfig
+from .unet import UNetConfig
 from .vae import AutoencoderKL
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
+from .triplets import (ROLES, LabelConfig, LabelEncoder, TripletConfig, TripletDenoiser, TripletLatents,  # noqa: F401
+                              default_vocabulary, encode_triplets, label_words, mgeldm_loss)   # chapter 10b; old paths too
 
 # %% auto #0
-__all__ = ['ROLES', 'MGE_DIFFUSION', 'MGELDM_FORMAT', 'label_words', 'default_vocabulary', 'LabelConfig', 'LabelEncoder',
-           'TripletConfig', 'TripletDenoiser', 'TripletLatents', 'encode_triplets', 'mgeldm_loss', 'MGELDMTraining',
-           'MGELDM', 'extract_file', 'add_stem_file', 'train_mgeldm', 'evaluate_extraction', 'extraction_table']
-
-# %% ../nbs/11_mgeldm.ipynb #dcfa789f
-ROLES = ("mix", "submix", "source")   # the three tracks of an MGE-LDM triplet, in this order
-
-def label_words(label: str) -> list[str]:
-    "The lower-case words of an instrument name: 'Electric Bass (finger)' -> ['electric', 'bass', 'finger']."
-    if not isinstance(label, str): raise TypeError(f"a label is a string such as 'bass', got {label!r}.")
-    return re.findall(r"[a-z]+", label.lower())
-
-def default_vocabulary() -> list[str]:
-    "Words of Slakh's classes and aliases and ToySlakh's program names: what a fresh label encoder knows."
-    from msg_edu.toyslakh import INSTRUMENTS
-    names = list(SLAKH_CLASSES) + list(CLASS_ALIASES) + [i.midi_program_name for i in INSTRUMENTS.values()]
-    return sorted({w for n in names for w in label_words(n)})
-
-@dataclasses.dataclass
-class LabelConfig(Config):
-    "The instrument-name encoder: a bag of word embeddings (what stands in for CLAP's text tower here)."
-    vocabulary: tuple[str, ...] = ()      # empty: default_vocabulary()
-    dim: int = 32
-    presets: ClassVar[dict] = {"tiny": dict(dim=16), "toy": {}, "slakh": dict(dim=512)}   # 512: CLAP's width
-
-    def validate(self): check_int(self.dim, "dim", min_value=1)
-
-class LabelEncoder(nn.Module):
-    "Instrument names -> (B, dim): the mean of their words' embeddings; names with no known word are refused."
-    def __init__(self, config: LabelConfig | None = None):
-        super().__init__()
-        config = config or LabelConfig()
-        self.config = config if config.vocabulary else config.replace(vocabulary=tuple(default_vocabulary()))  # saved with it
-        self.vocabulary = list(self.config.vocabulary)
-        self.index = {w: i for i, w in enumerate(self.vocabulary)}
-        self.words = nn.EmbeddingBag(len(self.vocabulary), self.config.dim, mode="mean")
-        nn.init.normal_(self.words.weight, std=1.0)
-
-    def known_labels(self) -> list[str]:
-        from msg_edu.toyslakh import INSTRUMENTS
-        return sorted(set(SLAKH_CLASSES) | {i.midi_program_name for i in INSTRUMENTS.values()})
-
-    def token_ids(self, label: str) -> list[int]:
-        words = label_words(label)
-        if not words: raise ValueError(f"empty label {label!r}: name an instrument, e.g. 'bass' or 'Electric Piano'.")
-        ids = [self.index[w] for w in words if w in self.index]
-        if not ids:
-            close = difflib.get_close_matches(label, self.known_labels(), n=5, cutoff=0.4)
-            close += [c for c in self.known_labels() if c not in close and any(difflib.get_close_matches(w, label_words(c), cutoff=0.75) for w in words)]
-            raise ValueError(f"unknown label {label!r}: none of its words {words} is known. Close known labels: "
-                             f"{close[:6] or self.known_labels()[:10]}.")
-        return ids
-
-    def forward(self, labels) -> torch.Tensor:
-        "A list of names (or one name) -> (B, dim); a tensor (B, dim) of precomputed embeddings passes through."
-        if isinstance(labels, torch.Tensor):
-            labels = check_tensor(labels, "labels", ndim=2)
-            if labels.shape[-1] != self.config.dim:
-                raise ValueError(f"precomputed label embeddings must be (B, {self.config.dim}), got {tuple(labels.shape)}.")
-            return labels.to(self.words.weight)
-        labels = [labels] if isinstance(labels, str) else list(labels)
-        ids = [self.token_ids(l) for l in labels]
-        flat = torch.tensor([i for x in ids for i in x], device=self.words.weight.device)
-        offsets = torch.tensor([0] + [len(x) for x in ids[:-1]], device=flat.device).cumsum(0)
-        return self.words(flat, offsets)
-
-# %% ../nbs/11_mgeldm.ipynb #9473503a
-@dataclasses.dataclass
-class TripletConfig(Config):
-    "MGE-LDM's denoiser: a track-axis U-Net over (mix, submix, source) latents, per-track times, per-track labels."
-    unet: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(layout="tracks", n_tracks=3, mix_cond="none",
-                                                                              label_dim=32, film=True, prediction="v"))
-    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
-    presets: ClassVar[dict] = {}
-
-    @classmethod
-    def preset(cls, name: str | None = None, **overrides):
-        from msg_edu.core import default_preset
-        name = name or default_preset()
-        label = LabelConfig.preset(name, **overrides.pop("label", {}))
-        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond="none", label_dim=label.dim, film=True,
-                                                 prediction="v"), **overrides.pop("unet", {})})
-        return cls(unet=unet, label=label, **overrides)
-
-    def validate(self):
-        if self.unet.layout != "tracks": raise ValueError(f"MGE-LDM needs the track-axis U-Net (layout='tracks'), got {self.unet.layout!r}.")
-        if self.unet.label_dim != self.label.dim:
-            raise ValueError(f"the U-Net's label_dim {self.unet.label_dim} must equal the label encoder's dim {self.label.dim}.")
-
-class TripletDenoiser(nn.Module, Pretrained):
-    "model(z_t (B, 3, C, T, F), t (B, 3), Cond(labels=(B, 3, D))) -> prediction; a learned role (mix/submix/source) is added to each track's label."
-    def __init__(self, config: TripletConfig | None = None):
-        super().__init__()
-        self.config = cfg = config or TripletConfig.preset()
-        self.unet, self.labels = MultiTrackUNet(cfg.unet), LabelEncoder(cfg.label)
-        self.config = cfg = cfg.replace(label=self.labels.config.to_dict())   # the vocabulary is part of the checkpoint
-        self.roles = nn.Parameter(torch.randn(len(ROLES), cfg.label.dim))
-        self.prediction = cfg.unet.prediction
-
-    def label_cond(self, source_labels, batch: int | None = None) -> torch.Tensor:
-        "Per-track labels (B, 3, D): zeros for mix and submix, the encoded instrument name (or embedding) for the source."
-        emb = self.labels(source_labels)
-        if batch is not None and emb.shape[0] == 1: emb = emb.expand(batch, -1)
-        out = torch.zeros(emb.shape[0], len(ROLES), emb.shape[1], device=emb.device, dtype=emb.dtype)
-        out[:, 2] = emb
-        return out
-
-    def forward(self, x_t, t, cond: Cond | None = None):
-        x_t = check_tensor(x_t, "x_t", ndim=5)
-        if x_t.shape[1] != len(ROLES): raise ValueError(f"x_t must hold the 3 tracks {ROLES}, got {x_t.shape[1]}.")
-        labels = cond.labels if cond is not None and cond.labels is not None else x_t.new_zeros(x_t.shape[0], 3, self.config.label.dim)
-        return self.unet(x_t, t, Cond(labels=labels + self.roles.to(labels.dtype)))
-
-# %% ../nbs/11_mgeldm.ipynb #d5f9ef25
-class TripletLatents(torch.utils.data.Dataset):
-    "VAE latents of triplets (N, 3, C, T', F') = (mix, submix, source) with the source's label; random crops."
-    def __init__(self, tracks: torch.Tensor, labels: list[str], crop: int = 0):
-        self.tracks = check_tensor(tracks, "tracks", ndim=5)
-        if self.tracks.shape[1] != 3 or len(labels) != len(self.tracks):
-            raise ValueError(f"triplet latents (N, 3, C, T, F) with one label each expected, got {tuple(self.tracks.shape)} "
-                             f"and {len(labels)} labels.")
-        self.labels, self.crop = list(labels), check_int(crop, "crop", min_value=0)
-        if self.crop > self.tracks.shape[-2]: raise ValueError(f"crop={crop} is longer than the latents' {self.tracks.shape[-2]} frames.")
-
-    def __len__(self): return len(self.tracks)
-
-    def __getitem__(self, i: int) -> dict:
-        x = self.tracks[i]
-        if self.crop and self.crop < x.shape[-2]:
-            a = int(torch.randint(0, x.shape[-2] - self.crop + 1, ()))
-            x = x[..., a: a + self.crop, :]
-        return {"tracks": x, "label": self.labels[i]}
-
-    def save(self, path) -> Path:
-        from safetensors.torch import save_file
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, mode=None) as tmp:
-            save_file({"tracks": self.tracks.contiguous()}, str(tmp), metadata={"labels": json.dumps(self.labels)})
-        return Path(path)
-
-    @classmethod
-    def load(cls, path, crop: int = 0) -> TripletLatents:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            return cls(f.get_tensor("tracks"), json.loads(f.metadata()["labels"]), crop)
-
-@torch.no_grad()
-def encode_triplets(vae: AutoencoderKL, ds: TripletDataset, multiple: int, batch_size: int = 16, device=None) -> TripletLatents:
-    "Scaled VAE latents of every (mix, submix, source) triplet of `ds`, mels trimmed to a multiple of `multiple` frames."
-    device = get_device(device)
-    front, vae = MelFrontend().to(device), vae.to(device).eval()
-    out, labels = [], []
-    for a in range(0, len(ds), batch_size):
-        items = [ds[i] for i in range(a, min(a + batch_size, len(ds)))]
-        mel = front(torch.stack([torch.cat([it["mix"], it["submix"], it["source"]]) for it in items]).to(device))
-        out.append(vae.encode_latent(mel[..., : mel.shape[-2] // multiple * multiple, :]).cpu())
-        labels += [it["label"] for it in items]
-    return TripletLatents(torch.cat(out), labels)
-
-def mgeldm_loss(model: TripletDenoiser, batch: dict, diffusion: DiffusionConfig) -> torch.Tensor:
-    "MGE-LDM's objective: per-track t (one track at t = 0 w.p. 0.75), the source's label dropped per track, v loss on noisy tracks."
-    return diffusion.training_loss(model, batch["tracks"], Cond(labels=model.label_cond(batch["label"])))
+__all__ = ['MGE_DIFFUSION', 'MGELDM_FORMAT', 'MGELDMTraining', 'MGELDM', 'extract_file', 'add_stem_file', 'train_mgeldm',
+           'evaluate_extraction', 'extraction_table']
 
 # %% ../nbs/11_mgeldm.ipynb #91ede813
 MGE_DIFFUSION = dict(schedule="cosine", prediction="v", t_min=0.02, t_pattern="mge", p_known=0.75, p_drop_mix=0.0,

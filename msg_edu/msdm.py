@@ -9,252 +9,28 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .core import (Config, MsgEduError, Pretrained, Recipe, atomic_write, check_folder, check_int, check_number,
-                          check_tensor, get_device, n_params, seed_everything)
+from .core import (MsgEduError, Recipe, atomic_write, check_folder, check_int, check_number, check_tensor, n_params,
+                          seed_everything)
 from .checkpoint import check_run_folder
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
+from .data import MSDM_STEMS, SlakhIndex, canonical_class, check_dataset_root
+from .datasets import StemsDataset
 from .diffusion import _randn
+from .edm import EDMConfig, _check_known, edm_sample
 from .optim import TrainConfig
-from .latent import (PIPELINE_FIX, by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
+from .waveunet import WaveUNet, WaveUNetConfig, msdm_loss
+from .latent import (by_segments, describe_folder, finish_run, fit_denoiser, last_loss, pipeline_meta,
                             pipeline_parts, prepare_audio)
 
 # %% auto #0
-__all__ = ['MSDM_FORMAT', 'edm_precond', 'edm_weight', 'sample_sigmas', 'karras_sigmas', 'EDMConfig', 'WaveUNetConfig',
-           'ResBlock1d', 'Attention1d', 'WaveUNet', 'msdm_loss', 'edm_sample', 'msdm_separate', 'MSDM',
-           'msdm_separate_file', 'msdm_generate_files', 'MSDMTraining', 'msdm_segments', 'train_msdm',
-           'additivity_errors', 'system_scores', 'systems_table']
-
-# %% ../nbs/11b_msdm.ipynb #a99f5532
-def _sigmas(sigma, name: str = "sigma") -> torch.Tensor:
-    "Noise levels as a float tensor, all finite and > 0."
-    sigma = torch.as_tensor(sigma, dtype=torch.float32)
-    if not bool(torch.isfinite(sigma).all()) or not bool((sigma > 0).all()):
-        raise MsgEduError(f"`{name}` must hold finite noise levels > 0, got {sigma.flatten()[:4].tolist()}...")
-    return sigma
-
-def edm_precond(sigma, sigma_data: float = 0.2) -> tuple[torch.Tensor, ...]:
-    "EDM's preconditioning (Karras et al. 2022, Table 1): c_skip, c_out, c_in, c_noise at noise level `sigma`."
-    sigma, sd = _sigmas(sigma), check_number(sigma_data, "sigma_data", 0, lo_open=True)
-    c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)                # keep this much of the noisy input
-    c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()       # scale of the network's correction
-    c_in = 1 / (sigma ** 2 + sd ** 2).sqrt()                 # unit-variance network input
-    c_noise = sigma.log() / 4                                # the noise level the network is told
-    return c_skip, c_out, c_in, c_noise
-
-def edm_weight(sigma, sigma_data: float = 0.2) -> torch.Tensor:
-    "EDM's loss weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out^2."
-    sigma = _sigmas(sigma)
-    return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-
-# %% ../nbs/11b_msdm.ipynb #2c7570a1
-def sample_sigmas(n: int, p_mean: float = -3.0, p_std: float = 1.0, *, generator: torch.Generator | None = None,
-                  device=None) -> torch.Tensor:
-    "Training noise levels: ln(sigma) ~ N(p_mean, p_std^2) (MSDM: LogNormal(-3, 1))."
-    n = check_int(n, "n", min_value=1)
-    check_number(p_std, "p_std", 0, lo_open=True); check_number(p_mean, "p_mean")
-    z = torch.randn(n, generator=generator, device=generator.device if generator else device)
-    return (p_mean + p_std * z).exp()
-
-def karras_sigmas(steps: int, sigma_min: float = 1e-4, sigma_max: float = 1.0, rho: float = 7.0) -> torch.Tensor:
-    "Karras et al.'s sampling grid: `steps` levels from sigma_max to sigma_min, evenly spaced in sigma^(1/rho), then 0."
-    steps = check_int(steps, "steps", min_value=1)
-    check_number(sigma_min, "sigma_min", 0, lo_open=True); check_number(rho, "rho", 0, lo_open=True)
-    if check_number(sigma_max, "sigma_max") <= sigma_min:
-        raise MsgEduError(f"sigma_max ({sigma_max}) must be above sigma_min ({sigma_min}).")
-    i = torch.arange(steps, dtype=torch.float64) / max(1, steps - 1)
-    s = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
-
-# %% ../nbs/11b_msdm.ipynb #82cf50b7
-@dataclasses.dataclass
-class EDMConfig(Config):
-    "MSDM's diffusion: EDM training noise levels and the Karras grid the samplers and separators walk down."
-    p_mean: float = -3.0          # ln(sigma) ~ N(p_mean, p_std^2) in training
-    p_std: float = 1.0
-    sigma_min: float = 1e-4       # the Karras grid
-    sigma_max: float = 1.0
-    rho: float = 7.0
-    steps: int = 150              # MSDM's separation: 150 steps
-    s_churn: float = 20.0         # noise added back per step (Karras' churn), spread over the steps
-    resamples: int = 2            # separation: times each step is taken (1 = no correction; MSDM: 2)
-    gamma_scale: float = 0.75     # Gaussian separator: the mixture's likelihood std is gamma_scale * sigma
-    heun: bool = True             # generation: Heun's second-order step (Euler when False)
-    dirac_stem: int = -1          # the stem the Dirac constraint defines as mix - sum(others) (MSDM: the last)
-    presets: ClassVar[dict] = {"tiny": dict(steps=6, s_churn=1.0, resamples=1),
-                               "toy": dict(steps=40, s_churn=5.0, resamples=2, dirac_stem=1),   # ours: drums, see "Training the toy MSDM"
-                               "slakh": {}}
-
-    def validate(self):
-        check_number(self.p_std, "p_std", 0, lo_open=True); check_number(self.s_churn, "s_churn", 0)
-        check_int(self.resamples, "resamples", min_value=1); check_number(self.gamma_scale, "gamma_scale", 0, lo_open=True)
-        check_int(self.dirac_stem, "dirac_stem")
-        karras_sigmas(check_int(self.steps, "steps", min_value=1), self.sigma_min, self.sigma_max, self.rho)
-
-    def sigmas(self, steps: int | None = None) -> torch.Tensor:
-        return karras_sigmas(self.steps if steps is None else steps, self.sigma_min, self.sigma_max, self.rho)
-
-    def gamma(self, steps: int) -> float:
-        "Karras' churn per step: min(s_churn / steps, sqrt(2) - 1)."
-        return min(self.s_churn / steps, math.sqrt(2) - 1)
-
-# %% ../nbs/11b_msdm.ipynb #a0239a04
-@dataclasses.dataclass
-class WaveUNetConfig(Config):
-    "MSDM's denoiser: a 1-D U-Net over the waveforms with the stems as channels, patched, then strided levels."
-    n_stems: int = 4
-    channels: tuple[int, ...] = (256, 512, 1024, 1024, 1024, 1024, 1024)   # per level (MSDM: 256 x [1, 2, 4, 4, 4, 4, 4])
-    factors: tuple[int, ...] = (4, 4, 4, 2, 2, 2)              # down-sampling between levels (MSDM's)
-    patch: int = 16                                            # samples per patch at the input
-    blocks: int = 4                                            # residual blocks per level (each way)
-    attention_levels: int = 4                                  # the deepest levels that also attend over time
-    heads: int = 8
-    emb_dim: int = 1024
-    norm_groups: int = 32
-    sigma_data: float = 0.2
-    presets: ClassVar[dict] = {
-        "tiny": dict(channels=(16, 32), factors=(4,), patch=4, blocks=1, attention_levels=0, emb_dim=32, norm_groups=8),
-        "toy": dict(channels=(32, 64, 96), factors=(4, 4), patch=4, blocks=1, attention_levels=1, heads=4, emb_dim=64,
-                    norm_groups=8, sigma_data=0.07),   # ours: ToySlakh's stems have std ~0.065 (Slakh's: 0.2)
-        "slakh": {}}
-
-    def validate(self):
-        check_int(self.n_stems, "n_stems", min_value=1); check_int(self.patch, "patch", min_value=1)
-        check_int(self.blocks, "blocks", min_value=1); check_int(self.heads, "heads", min_value=1)
-        check_number(self.sigma_data, "sigma_data", 0, lo_open=True)
-        if len(self.factors) != len(self.channels) - 1 or any(int(f) < 1 for f in self.factors):
-            raise MsgEduError(f"factors must hold one down-sampling >= 1 between each of the {len(self.channels)} levels, "
-                              f"got {self.factors}.")
-        if any(int(c) % self.norm_groups for c in self.channels):
-            raise MsgEduError(f"channels {self.channels} must be multiples of norm_groups={self.norm_groups}.")
-        if not 0 <= self.attention_levels <= len(self.channels):
-            raise MsgEduError(f"attention_levels must be 0..{len(self.channels)}, got {self.attention_levels}.")
-
-    @property
-    def multiple(self) -> int: return self.patch * math.prod(self.factors)
-
-class ResBlock1d(nn.Module):
-    "GroupNorm-SiLU-conv twice, the noise embedding added between, a 1x1 skip when the width changes."
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, h, emb):
-        x = self.conv1(F.silu(self.norm1(h))) + self.emb(emb)[..., None]
-        return self.skip(h) + self.conv2(F.silu(self.norm2(x)))
-
-class Attention1d(nn.Module):
-    "Self-attention over time at one level (a residual)."
-    def __init__(self, c: int, heads: int, groups: int):
-        super().__init__()
-        self.norm, self.attn = nn.GroupNorm(groups, c), nn.MultiheadAttention(c, heads, batch_first=True)
-
-    def forward(self, h, emb=None):
-        x = self.norm(h).transpose(1, 2)
-        return h + self.attn(x, x, x, need_weights=False)[0].transpose(1, 2)
-
-class WaveUNet(nn.Module, Pretrained):
-    "D(x; sigma): stems (B, S, N) at noise level sigma (B,) -> their denoised estimate, with EDM's preconditioning around the U-Net F."
-    def __init__(self, config: WaveUNetConfig | None = None):
-        super().__init__()
-        self.config = cfg = config or WaveUNetConfig()
-        C, g, E, L = cfg.channels, cfg.norm_groups, cfg.emb_dim, len(cfg.channels)
-        self.emb = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
-        self.patch_in = nn.Conv1d(cfg.n_stems, C[0], cfg.patch, stride=cfg.patch)
-        def level(c_in, c, l):
-            mods = [ResBlock1d(c_in if i == 0 else c, c, E, g) for i in range(cfg.blocks)]
-            return nn.ModuleList(mods + ([Attention1d(c, cfg.heads, g)] if l >= L - cfg.attention_levels else []))
-        self.down = nn.ModuleList(level(C[l], C[l], l) for l in range(L))
-        self.pool = nn.ModuleList(nn.Conv1d(C[l], C[l + 1], f, stride=f) for l, f in enumerate(cfg.factors))
-        self.unpool = nn.ModuleList(nn.ConvTranspose1d(C[l + 1], C[l], f, stride=f) for l, f in enumerate(cfg.factors))
-        self.up = nn.ModuleList(level(2 * C[l], C[l], l) for l in range(L))
-        self.out_norm = nn.GroupNorm(g, C[0])
-        self.patch_out = nn.ConvTranspose1d(C[0], cfg.n_stems, cfg.patch, stride=cfg.patch)
-        nn.init.zeros_(self.patch_out.weight); nn.init.zeros_(self.patch_out.bias)   # F = 0 at start: D = c_skip x
-
-    def noise_embedding(self, c_noise: torch.Tensor) -> torch.Tensor:
-        half = self.config.emb_dim // 2
-        freqs = torch.exp(torch.linspace(0, math.log(1000.0), half, device=c_noise.device))
-        a = c_noise[:, None] * freqs[None]
-        return self.emb(torch.cat([a.sin(), a.cos(), a.new_zeros(len(a), self.config.emb_dim - 2 * half)], 1))
-
-    def net(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        "The raw U-Net F(c_in x, c_noise), on lengths that are multiples of `config.multiple`."
-        emb, h, skips = self.noise_embedding(c_noise), self.patch_in(x), []
-        for l, mods in enumerate(self.down):
-            for m in mods: h = m(h, emb)
-            skips.append(h)
-            if l < len(self.pool): h = self.pool[l](h)
-        for l in reversed(range(len(self.up))):
-            if l < len(self.unpool): h = self.unpool[l](h)
-            h = torch.cat([h, skips[l]], 1)
-            for m in self.up[l]: h = m(h, emb)
-        return self.patch_out(F.silu(self.out_norm(h)))
-
-    def forward(self, x, sigma) -> torch.Tensor:
-        x = check_tensor(x, "x", ndim=3)
-        if x.shape[1] != self.config.n_stems:
-            raise MsgEduError(f"x has {x.shape[1]} stems (channels); this U-Net was built for {self.config.n_stems}: x is (B, S, N).")
-        sigma = _sigmas(sigma).to(x.device).reshape(-1).expand(x.shape[0])
-        c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in edm_precond(sigma, self.config.sigma_data))
-        N = x.shape[-1]
-        xp = F.pad(c_in * x, (0, (-N) % self.config.multiple))
-        return c_skip * x + c_out * self.net(xp, c_noise[:, 0, 0])[..., :N]
-
-# %% ../nbs/11b_msdm.ipynb #53b9793b
-def msdm_loss(model: WaveUNet, batch: dict, edm: EDMConfig, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    "EDM's objective on a batch {'stems' (B, S, N)}: lambda(sigma) ||D(x + sigma n; sigma) - x||^2, ln sigma ~ N(p_mean, p_std^2)."
-    x = batch["stems"] if isinstance(batch, dict) else batch
-    x = check_tensor(x, "stems", ndim=3).float()
-    sigma = sample_sigmas(x.shape[0], edm.p_mean, edm.p_std, generator=generator, device=x.device)
-    noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(x.device)
-    denoised = model(x + sigma[:, None, None] * noise, sigma)
-    return (edm_weight(sigma, model.config.sigma_data)[:, None, None] * (denoised - x) ** 2).mean()
-
-# %% ../nbs/11b_msdm.ipynb #f83a8476
-def _check_known(known, known_mask, x) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if known is None and known_mask is None: return None, None
-    if known is None or known_mask is None: raise MsgEduError("give both `known` (B, S, N) and `known_mask` (B, S) or (S,), or neither.")
-    known = check_tensor(known, "known", ndim=3).to(x)
-    if known.shape != x.shape: raise MsgEduError(f"known is {tuple(known.shape)} but the stems are {tuple(x.shape)}; zeros where unknown.")
-    mask = torch.as_tensor(known_mask, dtype=torch.bool, device=x.device)
-    mask = mask.expand(x.shape[0], -1) if mask.shape == (x.shape[1],) else mask
-    if mask.shape != x.shape[:2]: raise MsgEduError(f"known_mask must be ({x.shape[1]},) or {tuple(x.shape[:2])} booleans, got {tuple(mask.shape)}.")
-    return known, mask[..., None]
-
-@torch.no_grad()
-def edm_sample(model, x_T, sigmas, *, known=None, known_mask=None, s_churn: float = 0.0, heun: bool = True,
-               callback=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Karras' stochastic sampler from x_T = sigmas[0] * noise down the grid `sigmas` (ending at 0); stems in `known_mask` are imputed."
-    x, sigmas = check_tensor(x_T, "x_T", ndim=3).float(), torch.as_tensor(sigmas, dtype=torch.float32)
-    known, mask = _check_known(known, known_mask, x)
-    steps, gamma = len(sigmas) - 1, min(check_number(s_churn, "s_churn", 0) / max(1, len(sigmas) - 1), math.sqrt(2) - 1)
-    def impute(x, s):   # given stems enter at the current noise level (inpainting)
-        return x if mask is None else torch.where(mask, known + s * _randn(x.shape, generator, x.device), x)
-    for i in range(steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        s_hat = s * (1 + gamma)
-        if gamma > 0: x = x + math.sqrt(s_hat ** 2 - s ** 2) * _randn(x.shape, generator, x.device)   # churn
-        x = impute(x, s_hat)
-        d = (x - model(x, s_hat)) / s_hat                                  # dx/dsigma = (x - D(x; sigma)) / sigma
-        x_next = x + (s_next - s_hat) * d                                   # Euler
-        if heun and s_next > 0:                                             # Heun: average with the slope at the end
-            x_next = impute(x_next, s_next)
-            x_next = x + (s_next - s_hat) * (d + (x_next - model(x_next, s_next)) / s_next) / 2
-        x = x_next
-        if callback: callback(i, x)
-    return x if mask is None else torch.where(mask, known, x)
+__all__ = ['MSDM_FORMAT', 'msdm_separate', 'MSDM', 'msdm_separate_file', 'msdm_generate_files', 'MSDMTraining', 'msdm_segments',
+           'train_msdm', 'additivity_errors']
 
 # %% ../nbs/11b_msdm.ipynb #1a5cce2c
 @torch.no_grad()
@@ -476,58 +252,12 @@ def additivity_errors(stems, vae=None) -> dict:
     if vae is not None: out["VAE latent"] = rel(lambda w: vae.encode_latent(fit_frames(front(w), vae.config.down)))
     return out
 
-# %% ../nbs/11b_msdm.ipynb #db0cd608
-def _per_10s(seconds: float, audio_seconds: float) -> float: return seconds / max(audio_seconds, 1e-9) * 10
+# %% ../nbs/11b_msdm.ipynb #afd49785
+from .edm import _sigmas, edm_precond, edm_weight, karras_sigmas, sample_sigmas  # noqa: F401  (old paths)
+from .waveunet import Attention1d, ResBlock1d  # noqa: F401  (old paths)
+from .scoring import system_scores, systems_table  # noqa: F401  (old paths)
 
-@torch.no_grad()
-def system_scores(separate, generate, arrange, data, *, embedder=None, stems=MSDM_STEMS, sr: int = 16000,
-                  seconds: float = 2.56, n_songs: int = 8, imputed: str = "bass", max_tracks: int | None = None,
-                  cache_dir=None) -> dict:
-    "One row of the three-system table for any system given as `separate(mix (K, 1, L)) -> (K, S, L)`, `generate(n, seconds) -> (n, S', N)` and `arrange(stems (n, S, N), generated (S,) bool) -> (n, S, N)`."
-    from msg_edu.evaluation import sub_fad
-    from msg_edu.metrics import fad
-    from msg_edu.scoring import onset_agreement, score_separator
-    if imputed not in stems: raise MsgEduError(f"imputed={imputed!r} must be one of the stems {list(stems)}.")
-    n_songs, spent = check_int(n_songs, "n_songs", min_value=2), {"s": 0.0, "audio": 0.0}
-    def timed(mix, _):
-        t = time.perf_counter(); out = separate(mix)
-        spent["s"] += time.perf_counter() - t; spent["audio"] += mix.shape[0] * mix.shape[-1] / sr
-        return out
-    row = {"separation": score_separator(timed, data, "test", stems=stems, segment_seconds=seconds, sr=sr,
-                                         max_tracks=max_tracks, cache_dir=cache_dir)}
-    row["separate_s_per_10s"] = _per_10s(spent["s"], spent["audio"])
-    real = StemsDataset(SlakhIndex(data, "test", stems=list(stems), missing="drop", sr=sr, cache_dir=cache_dir), seconds)
-    full = [it["stems"] for it in map(real.__getitem__, range(len(real))) if not bool(torch.as_tensor(is_silent(it["stems"])).any())]
-    if len(full) < 2: raise MsgEduError(f"the test split of {data} has {len(full)} segments of {seconds} s with all stems sounding; give more data.")
-    ref = torch.stack(full[:n_songs])                                         # (n, S, N) real test segments, every stem sounding
-    t = time.perf_counter(); gen = generate(len(ref), seconds).float().cpu()
-    row["generate_s_per_10s"] = _per_10s(time.perf_counter() - t, len(ref) * seconds)
-    try: row["onset_agreement"] = onset_agreement(gen, sr)
-    except ValueError: row["onset_agreement"] = float("nan")                                # no two sounding stems
-    mask = torch.tensor([s == imputed for s in stems])
-    part = arrange(ref, mask).float().cpu()
-    row["fad"] = row["sub_fad"] = float("nan")
-    if embedder is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # few songs: singular covariances (the same count for every system)
-            row["fad"] = fad(embedder.embed(ref.sum(1), sr), embedder.embed(gen.sum(1), sr))
-            row["sub_fad"] = sub_fad(embedder, ref, part, mask, sr)
-    return row
-
-def systems_table(rows: dict, train_minutes: dict | None = None) -> str:
-    "Markdown: one line per system of `system_scores` rows (and training minutes)."
-    stems = next(iter(rows.values()))["separation"]["stems"]
-    head = (["system"] + [f"SI-SDRi {s}" for s in stems] + ["SI-SDRi mean"] + [f"L1 {s}" for s in stems] +
-            ["FAD", "onset agr.", f"sub-FAD", "train min", "sep. s/10 s", "gen. s/10 s"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in rows.items():
-        sep = r["separation"]
-        cells = ([f"{sep['si_sdri'][s]:+.2f}" for s in stems] + [f"{sep['si_sdri']['All']:+.2f}"] +
-                 [f"{sep['log_mel_l1'][s]:.2f}" for s in stems] +
-                 [f"{r['fad']:.2f}", f"{r['onset_agreement']:.2f}", f"{r['sub_fad']:.2f}",
-                  f"{(train_minutes or {}).get(name, float('nan')):.1f}", f"{r['separate_s_per_10s']:.1f}", f"{r['generate_s_per_10s']:.1f}"])
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    mix = next(iter(rows.values()))["separation"]["mix_log_mel_l1"]
-    lines.append("| mixture as estimate | " + " | ".join(["+0.00"] * (len(stems) + 1)) + " | " +
-                 " | ".join(f"{mix[s]:.2f}" for s in stems) + " | | | | | | |")
-    return "\n".join(lines)
+_MOVED = {"edm": ("_sigmas", "edm_precond", "edm_weight", "sample_sigmas", "karras_sigmas", "EDMConfig", "_check_known",
+                  "edm_sample"),
+          "waveunet": ("WaveUNetConfig", "ResBlock1d", "Attention1d", "WaveUNet", "msdm_loss"),
+          "scoring": ("system_scores", "systems_table")}

@@ -15,9 +15,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params, read_checkpoint
-from .data import MSDM_STEMS, SlakhIndex, StemsDataset, canonical_class, check_dataset_root, is_silent
-from .diffusion import Cond, DiffusionConfig
+from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params
+from .pretrained import read_checkpoint
+from .data import MSDM_STEMS, SlakhIndex, canonical_class, check_dataset_root, is_silent
+from .datasets import StemsDataset
+from .guidance import Cond
+from .samplers import DiffusionConfig
 from .hifigan import HiFiGAN, generator_weights, load_public
 from .latent import (LatentSegments, LatentTraining, by_segments, check_sampling, describe_folder, encode_segments,
                             finish_run, fit_denoiser, fit_frames, last_loss, latent_frames, latents_path, load_or_encode,

@@ -24,8 +24,10 @@ from tqdm.auto import tqdm
 
 from .audio import resample
 from .core import atomic_write
-from .soundfont import GM_FAMILIES, find_preset, gm_program_name, load_soundfont, render_notes, velocity_attenuation
-from .toyslakh import SOUNDFONT_SR, Instrument, Note, TrackStem, write_slakh_track
+from .soundfont import load_soundfont
+from .soundfont_player import GM_FAMILIES, find_preset, gm_program_name, render_notes, velocity_attenuation
+from .slakh_format import Instrument, Note, TrackStem, write_slakh_track
+from .toyslakh import SOUNDFONT_SR
 
 log = logging.getLogger(__name__)
 

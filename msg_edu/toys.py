@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .core import check_int, check_tensor
-from .diffusion import Cond, Schedule, _coefs, check_prediction, check_track_t
+from .diffusion import Schedule, _coefs, check_prediction, check_track_t
+from .guidance import Cond
 
 # %% auto #0
 __all__ = ['TOY_BASS', 'TOY_DRUMS', 'TOY_SPREAD', 'GaussianDenoiser', 'toy_gaussian', 'toy_stems', 'ToyDenoiser']

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import shutil
-import struct
 import tempfile
 import uuid as uuidlib
 import zlib
@@ -20,29 +18,20 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import yaml
 
 import torch
 
-from .audio import resample, save_audio
+from .audio import resample
 from .core import Config, atomic_write, check_int
+from .slakh_format import Instrument, Note, TrackStem, integrated_loudness, write_midi, write_slakh_track  # noqa: F401
+from .slakh_format import read_midi  # noqa: F401  (chapter 03; the old msg_edu.toyslakh paths too)
 
 # %% auto #0
-__all__ = ['INSTRUMENTS', 'PROGRAM_CHOICES', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'SOUNDFONT_SR', 'GENERATOR_VERSION', 'Instrument',
-           'draw_programs', 'Note', 'TrackPlan', 'plan_track', 'render_stem', 'render_stems', 'integrated_loudness',
-           'write_midi', 'read_midi', 'TrackStem', 'write_slakh_track', 'ToySlakhConfig', 'make_toy_slakh',
-           'scratch_toy_slakh']
+__all__ = ['INSTRUMENTS', 'PROGRAM_CHOICES', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'SOUNDFONT_SR', 'GENERATOR_VERSION',
+           'draw_programs', 'TrackPlan', 'plan_track', 'render_stem', 'render_stems', 'ToySlakhConfig',
+           'make_toy_slakh', 'scratch_toy_slakh']
 
 # %% ../nbs/03a_toyslakh.ipynb #6029d062
-@dataclasses.dataclass(frozen=True)
-class Instrument:
-    "What Slakh's metadata says about a kind of stem we synthesise."
-    inst_class: str          # Slakh's inst_class, aliases included
-    program_num: int         # General MIDI program number (0-based)
-    midi_program_name: str
-    plugin_name: str
-    is_drum: bool = False
-
 INSTRUMENTS = {
     "drums": Instrument("Drums", 0, "Standard Kit", "bluebird_sl2.nkm", True),
     "bass": Instrument("Bass", 33, "Electric Bass (finger)", "scarbee_jay_bass_both.nkm"),
@@ -72,13 +61,6 @@ def draw_programs(seed: int, index: int) -> dict[str, int]:
     return {inst: int(rng.choice(choices)) for inst, choices in PROGRAM_CHOICES.items()}
 
 # %% ../nbs/03a_toyslakh.ipynb #6d355fb5
-@dataclasses.dataclass
-class Note:
-    start: float     # seconds
-    dur: float       # seconds
-    pitch: int       # MIDI note number (GM drum map for drums: 36 kick, 38 snare, 42 closed hat)
-    velocity: int    # 1..127
-
 @dataclasses.dataclass
 class TrackPlan:
     "The score of one ToySlakh track: shared tempo, key and chords; notes per stem."
@@ -242,7 +224,8 @@ def render_stems(plan: TrackPlan, n_samples: int, sr: int, synth: str = "sf2", p
                 for inst, notes in plan.stems.items()}
     if synth != "sf2": raise ValueError(f"synth must be 'sf2' or 'osc', got {synth!r}.")
     # the next chapter's sampler, imported when it is used: this module does not import a later chapter at load time
-    from msg_edu.soundfont import find_preset, gm_program_name, load_soundfont, render_notes
+    from msg_edu.soundfont import load_soundfont
+    from msg_edu.soundfont_player import find_preset, gm_program_name, render_notes
     sf, out = load_soundfont(sf2), {}
     for inst, notes in plan.stems.items():
         base, program = INSTRUMENTS[inst], programs[inst]
@@ -256,149 +239,6 @@ def render_stems(plan: TrackPlan, n_samples: int, sr: int, synth: str = "sf2", p
             audio = np.pad(y.astype(np.float64), (0, max(0, n_samples - len(y))))[:n_samples]
         out[inst] = (info, audio)
     return out
-
-# %% ../nbs/03a_toyslakh.ipynb #5afe2455
-def _biquad_response(b, a, freqs, sr):
-    z = np.exp(-2j * np.pi * freqs / sr)  # z^-1 on the unit circle
-    return (b[0] + b[1] * z + b[2] * z * z) / (a[0] + a[1] * z + a[2] * z * z)
-
-def _k_weighting(freqs: np.ndarray, sr: int) -> np.ndarray:
-    "Frequency response of BS.1770's K-weighting (high shelf + high-pass), designed for any rate (equals the standard's 48 kHz coefficients)."
-    K = np.tan(np.pi * 1681.974450955533 / sr); Q = 0.7071752369554196
-    vh = 10 ** (3.999843853973347 / 20); vb = vh ** 0.4996667741545416; a0 = 1 + K / Q + K * K
-    shelf = ([(vh + vb * K / Q + K * K) / a0, 2 * (K * K - vh) / a0, (vh - vb * K / Q + K * K) / a0],
-             [1.0, 2 * (K * K - 1) / a0, (1 - K / Q + K * K) / a0])
-    K = np.tan(np.pi * 38.13547087602444 / sr); Q = 0.5003270373238773; a0 = 1 + K / Q + K * K
-    highpass = ([1.0, -2.0, 1.0], [1.0, 2 * (K * K - 1) / a0, (1 - K / Q + K * K) / a0])
-    return _biquad_response(*shelf, freqs, sr) * _biquad_response(*highpass, freqs, sr)
-
-@functools.lru_cache(maxsize=8)
-def _k_weighting_cached(n: int, sr: int) -> np.ndarray: return _k_weighting(np.fft.rfftfreq(n, 1 / sr), sr)
-
-def integrated_loudness(wave: np.ndarray, sr: int) -> float:
-    "Integrated loudness (LUFS) of a mono signal, BS.1770-4: K-weighting, 400 ms blocks, -70 LUFS and -10 LU gates."
-    x = np.asarray(wave, dtype=np.float64).reshape(-1)
-    block, hop = int(0.4 * sr), int(0.1 * sr)
-    if len(x) < block: return float("-inf")
-    n = -(-(len(x) + sr // 2) // 4096) * 4096  # zero-pad half a second: the filters' tails fit, no wrap-around
-    y = np.fft.irfft(np.fft.rfft(x, n) * _k_weighting_cached(n, sr), n)[: len(x)]
-    power = np.cumsum(np.concatenate([[0.0], y * y]))
-    starts = np.arange(0, len(x) - block + 1, hop)
-    z = (power[starts + block] - power[starts]) / block           # mean square per block
-    loud = lambda m: -0.691 + 10 * np.log10(m)
-    with np.errstate(divide="ignore"):
-        z = z[loud(z) > -70.0]                                    # absolute gate
-        if len(z) == 0: return float("-inf")
-        z = z[loud(z) > loud(z.mean()) - 10.0]                    # relative gate
-    return float(loud(z.mean()))
-
-# %% ../nbs/03a_toyslakh.ipynb #e1114bc8
-def _vlq(n: int) -> bytes:
-    "MIDI variable-length quantity."
-    out = [n & 0x7F]
-    while n > 0x7F:
-        n >>= 7; out.append(0x80 | (n & 0x7F))
-    return bytes(reversed(out))
-
-def write_midi(path, tracks: list[tuple[Instrument, list[Note]]], tempo: float, ticks: int = 480) -> None:
-    "A format-1 standard MIDI file: a tempo track, then one track per (instrument, notes)."
-    def chunk(kind, data): return kind + struct.pack(">I", len(data)) + data
-    us_per_beat = int(round(60e6 / tempo))
-    body = [chunk(b"MTrk", b"\x00\xff\x51\x03" + us_per_beat.to_bytes(3, "big") + b"\x00\xff\x2f\x00")]
-    to_ticks = lambda sec: int(round(sec * tempo / 60 * ticks))
-    for i, (inst, notes) in enumerate(tracks):
-        ch = 9 if inst.is_drum else i % 9
-        events = sorted([(to_ticks(n.start), 1, 0x90 | ch, n.pitch, n.velocity) for n in notes] +
-                        [(to_ticks(n.start + n.dur), 0, 0x80 | ch, n.pitch, 0) for n in notes])
-        data, now = bytearray(b"\x00" + bytes([0xC0 | ch, inst.program_num])), 0
-        for tick, _, status, pitch, velocity in events:
-            data += _vlq(tick - now) + bytes([status, pitch, velocity]); now = tick
-        body.append(chunk(b"MTrk", bytes(data) + b"\x00\xff\x2f\x00"))
-    header = chunk(b"MThd", struct.pack(">HHH", 1, len(body), ticks))
-    with atomic_write(path) as f: f.write(header + b"".join(body))
-
-def read_midi(path) -> tuple[float, list[dict]]:
-    "Read a standard MIDI file: (tempo in bpm, notes as dicts of start, dur (seconds), pitch, velocity, program, channel)."
-    data = Path(path).read_bytes()
-    if data[:4] != b"MThd": raise ValueError(f"{path} is not a standard MIDI file (no MThd header).")
-    _, n_tracks, ticks = struct.unpack(">HHH", data[8:14])
-    pos, tempo, notes = 14, 120.0, []
-    for _ in range(n_tracks):
-        if data[pos:pos + 4] != b"MTrk": raise ValueError(f"{path}: damaged MIDI track at byte {pos}.")
-        end = pos + 8 + struct.unpack(">I", data[pos + 4:pos + 8])[0]
-        pos, now, status, program, open_notes = pos + 8, 0, 0, {}, {}
-        while pos < end:
-            delta = 0
-            while True:
-                byte = data[pos]; pos += 1; delta = (delta << 7) | (byte & 0x7F)
-                if byte < 0x80: break
-            now += delta
-            if data[pos] & 0x80: status = data[pos]; pos += 1
-            if status == 0xFF:
-                kind, length = data[pos], data[pos + 1]; pos += 2
-                if kind == 0x51: tempo = 60e6 / int.from_bytes(data[pos:pos + length], "big")
-                pos += length
-            elif status & 0xF0 == 0xC0: program[status & 0x0F] = data[pos]; pos += 1
-            elif status & 0xF0 in (0x80, 0x90):
-                ch, pitch, vel = status & 0x0F, data[pos], data[pos + 1]; pos += 2
-                if status & 0xF0 == 0x90 and vel > 0: open_notes.setdefault((ch, pitch), []).append((now, vel))
-                elif open_notes.get((ch, pitch)):
-                    t0, v = open_notes[(ch, pitch)].pop(0)  # the oldest sounding note of that pitch ends
-                    notes.append(dict(start=t0, dur=now - t0, pitch=pitch, velocity=v, program=program.get(ch, 0), channel=ch))
-            else: pos += 1 if status & 0xF0 in (0xD0,) else 2
-        pos = end
-    sec = 60.0 / tempo / ticks
-    for n in notes: n["start"] *= sec; n["dur"] *= sec
-    return tempo, sorted(notes, key=lambda n: (n["start"], n["pitch"]))
-
-# %% ../nbs/03a_toyslakh.ipynb #a0b4c375
-@dataclasses.dataclass
-class TrackStem:
-    "One stem of a track to write: what metadata.yaml says of it, its score, its audio (None: `audio_rendered: false`)."
-    info: Instrument
-    notes: list[Note]
-    audio: np.ndarray | None
-
-def write_slakh_track(final: Path, stems: list[TrackStem], sr: int, fmt: str, tempo: float, uid: str, *,
-                      lmd_midi_dir: str, all_src: bytes | None = None, target_peak: float = -1.0,
-                      normalization_factor: float | None = -13.0) -> Path:
-    """Write one track in Slakh2100's layout at `final`: all stems scaled by one overall gain that puts the mix's peak at
-    `target_peak` dBFS (so the stems sum to the mix), MIDI per stem, `all_src.mid`, metadata.yaml. Atomic: the track is
-    written into a temporary folder next to `final` and renamed into place when complete."""
-    rendered = [s.audio for s in stems if s.audio is not None]
-    if not rendered: raise ValueError(f"{final.name}: no stem has audio; nothing to write.")
-    mix = sum(rendered)
-    overall_gain = 10 ** (target_peak / 20) / max(1e-9, np.abs(mix).max())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        (tmp / "stems").mkdir(); (tmp / "MIDI").mkdir()
-        stems_meta = {}
-        for k, s in enumerate(stems):
-            key, wave = f"S{k:02d}", None
-            if s.audio is not None:
-                wave = s.audio * overall_gain
-                save_audio(tmp / "stems" / f"{key}.{fmt}", wave.astype(np.float32), sr)
-            write_midi(tmp / "MIDI" / f"{key}.mid", [(s.info, s.notes)], tempo)
-            stems_meta[key] = dict(audio_rendered=wave is not None, inst_class=s.info.inst_class,
-                                   integrated_loudness=None if wave is None else round(integrated_loudness(wave, sr), 4),
-                                   is_drum=s.info.is_drum, midi_program_name=s.info.midi_program_name, midi_saved=True,
-                                   plugin_name=s.info.plugin_name, program_num=s.info.program_num)
-        save_audio(tmp / f"mix.{fmt}", (mix * overall_gain).astype(np.float32), sr)
-        if all_src is None: write_midi(tmp / "all_src.mid", [(s.info, s.notes) for s in stems], tempo)
-        else: (tmp / "all_src.mid").write_bytes(all_src)
-        meta = dict(UUID=uid, audio_dir="stems", lmd_midi_dir=lmd_midi_dir, midi_dir="MIDI",
-                    normalization_factor=normalization_factor, normalized=normalization_factor is not None,
-                    overall_gain=float(overall_gain), stems=stems_meta, target_peak=target_peak)
-        (tmp / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))  # written last: the track is complete
-        if final.exists() and not (final / "metadata.yaml").exists(): shutil.rmtree(final)  # debris, not a track
-        try: os.replace(tmp, final)
-        except OSError:  # another process finished this very track first: keep theirs (it is identical)
-            if not (final / "metadata.yaml").exists(): raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 # %% ../nbs/03a_toyslakh.ipynb #b51b0334
 @dataclasses.dataclass

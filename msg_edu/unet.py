@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, Pretrained, check_int, check_state_dict, check_tensor, checkpoint_kind
-from .diffusion import Cond, check_prediction, check_track_t
+from .core import Config, check_int, check_tensor
+from .pretrained import Pretrained, check_state_dict, checkpoint_kind
+from .diffusion import check_prediction, check_track_t
+from .guidance import Cond
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'MIX_CONDS', 'LDM_UNET', 'LDM_EMA', 'conv_nd', 'zero_module', 'timestep_embedding', 'ResBlock',
@@ -233,7 +235,7 @@ class MultiTrackUNet(nn.Module, Pretrained):
                              f"(TD-Paint), or RePaint-style conditioning (conditioning='replace').")
         mix = labels = None
         if cond is not None:
-            if not isinstance(cond, Cond): raise TypeError(f"cond must be a msg_edu.diffusion.Cond or None, got {type(cond).__name__}.")
+            if not isinstance(cond, Cond): raise TypeError(f"cond must be a msg_edu.guidance.Cond or None, got {type(cond).__name__}.")
             mix, labels = cond.mix, cond.labels
         if mix is not None:
             if cfg.mix_cond == "none": raise ValueError("this U-Net was built with mix_cond='none' but cond.mix was given.")

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, Pretrained, check_int, check_state_dict, check_tensor, checkpoint_kind
+from .core import Config, check_int, check_tensor
+from .pretrained import Pretrained, check_state_dict, checkpoint_kind
 
 
 # %% auto #0

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from .core import Recipe, atomic_write, check_int, seed_everything
 from .checkpoint import check_run_folder
-from .data import SingleStems, SlakhIndex, check_dataset_root
+from .data import SlakhIndex, check_dataset_root
+from .datasets import SingleStems
 from .distributed import make_loader
 from .learner import Learner
 from .mel import MelConfig, MelFrontend

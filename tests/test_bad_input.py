@@ -21,10 +21,11 @@ import torch
 import msg_edu.cli as cli
 from msg_edu.audio import save_audio
 from msg_edu.core import MsgEduError, Progress
-from msg_edu.diffusion import DiffusionConfig
+from msg_edu.samplers import DiffusionConfig
 from msg_edu.latent import by_segments
 from msg_edu.learner import Learner, has_checkpoint
-from msg_edu.mgeldm import MGE_DIFFUSION, MGELDM, TripletConfig, TripletDenoiser, add_stem_file, extract_file
+from msg_edu.mgeldm import MGELDM, MGE_DIFFUSION, add_stem_file, extract_file
+from msg_edu.triplets import TripletConfig, TripletDenoiser
 from msg_edu.msgld import MSGLD, generate_files, separate_file
 from msg_edu.unet import MultiTrackUNet, UNetConfig
 from msg_edu.vae import AutoencoderKL, VAEConfig

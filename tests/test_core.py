@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from msg_edu.core import Config, Pretrained, atomic_write, default_preset, from_pretrained, in_test, seed_everything
+from msg_edu.core import Config, atomic_write, default_preset, in_test, seed_everything
+from msg_edu.pretrained import Pretrained, from_pretrained
 from msg_edu.mel import MelConfig
 
 
@@ -91,3 +92,16 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     with atomic_write(tmp_path / "b.bin", mode=None) as p:  # a library that deletes and recreates the file, 0600
         p.unlink(); fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o600); os.close(fd)
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_checkpoints_live_in_pretrained_and_designs_core_paths_still_work():
+    import importlib, subprocess, sys
+    code = "import sys, msg_edu.core; print('msg_edu.pretrained' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    import msg_edu.core as old
+    new = importlib.import_module("msg_edu.pretrained")
+    assert set(old._MOVED) == set(new.__all__)
+    for name in old._MOVED: assert getattr(old, name) is getattr(new, name), name
+    from msg_edu.core import from_pretrained as old_load, save_pretrained as old_save   # DESIGN.md's paths
+    assert (old_load, old_save) == (new.from_pretrained, new.save_pretrained)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope

@@ -10,9 +10,10 @@ import soundfile as sf
 import torch
 import yaml
 
-from msg_edu.data import (AudioCache, DataError, SlakhIndex, StemsDataset, TripletDataset, canonical_class, is_silent,
-                          read_slakh_track)
-from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh, read_midi
+from msg_edu.data import AudioCache, DataError, SlakhIndex, canonical_class, is_silent, read_slakh_track
+from msg_edu.datasets import StemsDataset, TripletDataset
+from msg_edu.slakh_format import read_midi
+from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh
 
 TINY = ToySlakhConfig.preset("tiny").to_dict()
 
@@ -295,3 +296,26 @@ def test_bad_requests_are_errors(quirky, cache_dir, tmp_path):
     index = SlakhIndex(quirky, "train", stems="all", cache_dir=cache_dir)
     with pytest.raises(DataError, match="has no segment"): StemsDataset(index, segment_seconds=30)
     assert canonical_class("SYNTH PAD") == "Synth Pad"
+
+
+def test_slakh_format_loads_alone_and_old_toyslakh_paths_still_work():
+    import subprocess, sys
+    import msg_edu.slakh_format as new, msg_edu.toyslakh as old
+    code = ("import sys, msg_edu.slakh_format; print(sorted(m for m in ('msg_edu.toyslakh', 'msg_edu.soundfont', 'msg_edu.data') "
+            "if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert len(new.__all__) == 7
+    for name in new.__all__: assert getattr(old, name) is getattr(new, name), name
+
+
+def test_datasets_live_in_their_own_module_and_designs_data_paths_still_work():
+    import importlib, subprocess, sys
+    code = "import sys, msg_edu.data; print('msg_edu.datasets' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    import msg_edu.data as old
+    new = importlib.import_module("msg_edu.datasets")
+    assert set(old._MOVED) == set(new.__all__) == {"StemsDataset", "TripletDataset", "SingleStems"}
+    for name in old._MOVED: assert getattr(old, name) is getattr(new, name), name
+    from msg_edu.data import StemsDataset as old_stems, TripletDataset as old_triplets   # DESIGN.md's paths
+    assert (old_stems, old_triplets) == (new.StemsDataset, new.TripletDataset)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from msg_edu.core import seed_everything
-from msg_edu.diffusion import (PREDICTIONS, Cond, Denoiser, DiffusionConfig, convert_prediction, ddim_sample, ddpm_sample,
-                               diffusion_loss, dpmpp_2m_sample, drop_cond, get_sampler, guided, make_schedule, masked_mse,
-                               q_sample, repaint_path, sample_timesteps, to_x0_eps, training_target)
+from msg_edu.diffusion import (PREDICTIONS, convert_prediction, diffusion_loss, make_schedule, masked_mse, q_sample,
+                               sample_timesteps, to_x0_eps, training_target)
+from msg_edu.guidance import Cond, Denoiser, drop_cond, guided
+from msg_edu.samplers import DiffusionConfig, ddim_sample, ddpm_sample, dpmpp_2m_sample, get_sampler, repaint_path
 from msg_edu.toys import GaussianDenoiser, ToyDenoiser, toy_gaussian, toy_stems
 
 LINEAR, COSINE = make_schedule("linear"), make_schedule("cosine")
@@ -411,3 +412,18 @@ def test_ddim_with_t_end_is_mge_ldms_sampler():
     grid = COSINE.timesteps(steps, t_end=0.02)
     assert len(grid) == steps + 1 and float(grid[-2]) == pytest.approx(0.02) and float(grid[-1]) == 0
     with pytest.raises(ValueError, match="t_end must be in"): COSINE.timesteps(steps, t_end=1.0)
+
+
+def test_diffusion_loads_no_later_chapter_and_old_paths_still_work():
+    import importlib, subprocess, sys
+    code = ("import sys, msg_edu.diffusion; print(sorted(m for m in ('msg_edu.guidance', 'msg_edu.samplers', 'msg_edu.toys') "
+            "if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    import msg_edu.diffusion as old
+    assert {"Cond", "guided", "ddim_sample", "SAMPLERS", "DiffusionConfig", "ToyDenoiser"} <= set(old._MOVED)
+    for name, module in old._MOVED.items():
+        assert getattr(old, name) is getattr(importlib.import_module(f"msg_edu.{module}"), name), name
+    from msg_edu.diffusion import Cond, DiffusionConfig   # the old `from` form goes through the same table
+    assert DiffusionConfig is importlib.import_module("msg_edu.samplers").DiffusionConfig
+    assert Cond is importlib.import_module("msg_edu.guidance").Cond
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from msg_edu.audio import load_audio, save_audio
-from msg_edu.diffusion import Cond, DiffusionConfig
-from msg_edu.mgeldm import (MGE_DIFFUSION, MGELDM, LabelConfig, LabelEncoder, MGELDMTraining, TripletConfig,
-                            TripletDenoiser, TripletLatents, add_stem_file, extract_file, label_words)
+from msg_edu.guidance import Cond
+from msg_edu.samplers import DiffusionConfig
+from msg_edu.mgeldm import MGELDM, MGELDMTraining, MGE_DIFFUSION, add_stem_file, extract_file
+from msg_edu.triplets import LabelConfig, LabelEncoder, TripletConfig, TripletDenoiser, TripletLatents, label_words
 from msg_edu.vae import AutoencoderKL, VAEConfig
 
 
@@ -129,3 +130,15 @@ def test_samplers_follow_the_authors_code_eta_zero_and_grid_to_0_02():
     default = MGELDM(AutoencoderKL(VAEConfig.preset("tiny")), TripletDenoiser(TripletConfig.preset("tiny")))
     assert (default.diffusion.eta, default.diffusion.t_end) == (0.0, 0.02)
     with pytest.raises(ValueError, match="sample_posterior is MSG-LD's"): MGELDMTraining.preset("tiny", sample_posterior=True)
+
+
+def test_triplet_parts_load_without_the_pipeline_and_old_paths_still_work():
+    import subprocess, sys
+    import msg_edu.mgeldm as old, msg_edu.triplets as new
+    code = ("import sys, msg_edu.triplets; print(sorted(m for m in ('msg_edu.mgeldm', 'msg_edu.latent', 'msg_edu.learner', "
+            "'msg_edu.vocoder') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert len(new.__all__) == 10
+    for name in new.__all__: assert getattr(old, name) is getattr(new, name), name
+    from msg_edu.mgeldm import LabelEncoder as old_enc, TripletDenoiser as old_den   # the old `from` form
+    assert old_enc is new.LabelEncoder and old_den is new.TripletDenoiser

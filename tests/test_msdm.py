@@ -12,8 +12,9 @@ import torch.nn as nn
 import msg_edu.cli as cli
 from msg_edu.audio import load_audio, save_audio
 from msg_edu.core import MsgEduError
-from msg_edu.msdm import (MSDM, EDMConfig, MSDMTraining, WaveUNet, WaveUNetConfig, additivity_errors, edm_precond, edm_sample,
-                          edm_weight, karras_sigmas, msdm_loss, msdm_separate, sample_sigmas)
+from msg_edu.edm import EDMConfig, edm_precond, edm_sample, edm_weight, karras_sigmas, sample_sigmas
+from msg_edu.msdm import MSDM, MSDMTraining, additivity_errors, msdm_separate
+from msg_edu.waveunet import WaveUNet, WaveUNetConfig, msdm_loss
 
 SR = 16000
 
@@ -182,3 +183,16 @@ def test_cli_round_trip_train_separate_generate(toy, cache, tmp_path):
     assert status == 2 and "--sampler" in err and len(err.strip().splitlines()) == 1
     status, err = run("separate", song, "--model", out, "--out", tmp_path / "sep4")
     assert status == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_edm_and_the_unet_load_without_the_pipeline_and_old_paths_still_work():
+    import importlib, subprocess, sys
+    code = ("import sys, msg_edu.waveunet; print(sorted(m for m in ('msg_edu.msdm', 'msg_edu.latent', 'msg_edu.data', "
+            "'msg_edu.learner') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    import msg_edu.msdm as old
+    assert sum(map(len, old._MOVED.values())) == 15
+    for module, names in old._MOVED.items():
+        for name in names: assert getattr(old, name) is getattr(importlib.import_module(f"msg_edu.{module}"), name), name
+    from msg_edu.msdm import EDMConfig as old_cfg, WaveUNet as old_unet   # the old `from` form
+    assert old_cfg is EDMConfig and old_unet is WaveUNet

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msg_edu.audio import load_audio, resample, save_audio
-from msg_edu.diffusion import DiffusionConfig
+from msg_edu.samplers import DiffusionConfig
 from msg_edu.latent import LatentSegments
 from msg_edu.learner import Callback, TrainConfig
 from msg_edu.msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from msg_edu.audio import save_audio
 from msg_edu.cli import main
 from msg_edu.core import seed_everything
-from msg_edu.diffusion import Cond
+from msg_edu.guidance import Cond
 from msg_edu.msgld import MSGLD
 from msg_edu.unet import LDM_UNET, MultiTrackUNet, UNetConfig, from_ldm_state_dict, to_ldm_state_dict
 from msg_edu.vae import AutoencoderKL, VAEConfig, from_musicldm_state_dict, musicldm_names, to_musicldm_state_dict

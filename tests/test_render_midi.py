@@ -9,12 +9,13 @@ import pytest
 import soundfile as sf
 import yaml
 
-import msg_edu.toyslakh as toyslakh
+import msg_edu.slakh_format as slakh_format
 from msg_edu.cli import main
 from msg_edu.data import canonical_class, read_slakh_track
 from msg_edu.render_midi import (MidiError, read_midi_stems, render_midi_dataset, render_midi_file, slakh_class,
                                  split_of)
-from msg_edu.toyslakh import INSTRUMENTS, draw_programs, plan_track, write_midi
+from msg_edu.slakh_format import write_midi
+from msg_edu.toyslakh import INSTRUMENTS, draw_programs, plan_track
 
 
 def write_song(path, seed: int, index: int, seconds: float = 3.0) -> None:
@@ -103,17 +104,17 @@ def test_render_midi_dataset_with_workers_resumes_and_reports(midi_dir, tmp_path
 def test_an_interrupted_track_never_looks_complete(midi_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
     calls = {"n": 0}
-    real_save = toyslakh.save_audio
+    real_save = slakh_format.save_audio
     def failing_save(*a, **k):  # the machine dies while the second track writes its stems
         calls["n"] += 1
         if calls["n"] == 7: raise KeyboardInterrupt
         return real_save(*a, **k)
-    monkeypatch.setattr(toyslakh, "save_audio", failing_save)
+    monkeypatch.setattr(slakh_format, "save_audio", failing_save)
     with pytest.raises(KeyboardInterrupt): render_midi_dataset(midi_dir, out, sr=16000, n_jobs=1, progress=False)
     done = sorted(out.glob("*/Track*"))
     assert all((d / "metadata.yaml").is_file() for d in done) and not list(out.glob("*/.Track*"))
     assert json.loads((out / "render_midi.json").read_text())["complete"] is False
-    monkeypatch.setattr(toyslakh, "save_audio", real_save)
+    monkeypatch.setattr(slakh_format, "save_audio", real_save)
     (out / "train" / ".Track00009.debris").mkdir(parents=True, exist_ok=True)   # a killed process's leftovers
     r = render_midi_dataset(midi_dir, out, sr=16000, n_jobs=1, progress=False)
     assert r["rendered"] + r["reused"] == 4 and r["reused"] == len(done) and not list(out.glob("*/.Track*"))

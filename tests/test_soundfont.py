@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from msg_edu.soundfont import (SoundFont, SoundFontError, VolumeEnvelope, default_sf2, find_preset, find_voices,
-                               load_soundfont, play_note, playback_step, read_sample, render_notes, render_voice,
-                               sample_region, velocity_attenuation, write_sf2)
-from msg_edu.toyslakh import Note
+from msg_edu.soundfont import SoundFont, SoundFontError, default_sf2, load_soundfont, write_sf2
+from msg_edu.soundfont_player import (VolumeEnvelope, find_preset, find_voices, play_note, playback_step, read_sample,
+                                      render_notes, render_voice, sample_region, velocity_attenuation)
+from msg_edu.slakh_format import Note
 
 SR = 44100
 SINE = 0.5 * np.sin(2 * np.pi * 440 * np.arange(44000) / 44000)   # A4 at 44 kHz: exactly 100 points per period
@@ -278,3 +278,16 @@ def test_damaged_tables_fail_with_a_clear_message(tmp_path):
     bad[at + 4:at + 8] = b"phdX"                              # the preset table renamed away
     (tmp_path / "d.sf2").write_bytes(bytes(bad))
     with pytest.raises(SoundFontError, match="lacks the SF2 chunks"): SoundFont(tmp_path / "d.sf2")
+
+
+def test_the_reader_loads_without_the_player_and_old_paths_still_work():
+    import importlib, subprocess, sys
+    code = "import sys, msg_edu.soundfont; print('msg_edu.soundfont_player' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    import msg_edu.soundfont as old
+    new = importlib.import_module("msg_edu.soundfont_player")
+    assert set(old._MOVED) == set(new.__all__)
+    for name, module in old._MOVED.items(): assert getattr(old, name) is getattr(new, name), name
+    from msg_edu.soundfont import render_notes as old_render   # the old `from` form
+    assert old_render is render_notes
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope

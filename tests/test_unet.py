@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from msg_edu.core import from_pretrained, save_pretrained, seed_everything
-from msg_edu.diffusion import Cond, diffusion_loss, drop_cond, guided, make_schedule, sample_timesteps
+from msg_edu.core import seed_everything
+from msg_edu.pretrained import from_pretrained, save_pretrained
+from msg_edu.diffusion import diffusion_loss, make_schedule, sample_timesteps
+from msg_edu.guidance import Cond, drop_cond, guided
 from msg_edu.unet import LAYOUTS, MultiTrackUNet, UNetConfig
 
 

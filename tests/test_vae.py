@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from msg_edu.core import from_pretrained, seed_everything
-from msg_edu.data import SlakhIndex, StemsDataset
+from msg_edu.core import seed_everything
+from msg_edu.pretrained import from_pretrained
+from msg_edu.data import SlakhIndex
+from msg_edu.datasets import StemsDataset
 from msg_edu.learner import Callback, Learner, NonFiniteLossError, TrainConfig, make_loader
 from msg_edu.mel import MelFrontend
 from msg_edu.vae import LOG_FLOOR, AutoencoderKL, VAEConfig, pad_frames

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from msg_edu.core import seed_everything
-from msg_edu.data import SlakhIndex, StemsDataset, is_silent
+from msg_edu.data import SlakhIndex, is_silent
+from msg_edu.datasets import StemsDataset
 from msg_edu.learner import Callback, Learner
 from msg_edu.mel import MelConfig, MelFrontend
 from msg_edu.metrics import si_sdr
