@@ -25,7 +25,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
-           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'n_params', 'fmt_count']
+           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'n_params', 'fmt_count',
+           'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -281,13 +282,17 @@ def fmt_count(n: int) -> str:
     return str(n)
 
 # %% ../nbs/00_core.ipynb #5669a57a
-_MOVED = {"pretrained": ("CONFIG_NAME", "WEIGHTS_NAME", "save_pretrained", "load_config", "check_state_dict", "from_pretrained",
-                         "Pretrained", "read_json", "read_weights", "read_checkpoint", "checkpoint_kind")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
+def moved_names(module: str, homes: dict[str, tuple[str, ...]]):
+    "(`{name: new module}`, a module-level `__getattr__`) for names `module` gave to later chapters: old import paths keep working."
+    moved = {name: home for home, names in homes.items() for name in names}
+    def __getattr__(name: str):
+        if name in moved:
+            import importlib
+            return getattr(importlib.import_module(f"msg_edu.{moved[name]}"), name)
+        raise AttributeError(f"module 'msg_edu.{module}' has no attribute {name!r}")
+    return moved, __getattr__
 
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.core import save_pretrained`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.core' has no attribute {name!r}")
+# Old import paths (`from msg_edu.core import save_pretrained`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("core", {"pretrained": ("CONFIG_NAME", "WEIGHTS_NAME", "save_pretrained", "load_config",
+                                                          "check_state_dict", "from_pretrained", "Pretrained", "read_json",
+                                                          "read_weights", "read_checkpoint", "checkpoint_kind")})

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .audio import load_audio
-from .core import MsgEduError, atomic_write, check_int, check_tensor
+from .core import MsgEduError, atomic_write, check_int, check_tensor, moved_names
 from .toyslakh import ToySlakhConfig, make_toy_slakh  # re-exported: msg_edu.data.make_toy_slakh
 
 log = logging.getLogger(__name__)
@@ -295,12 +295,5 @@ def segment_starts(n_samples: int, length: int, hop: int) -> list[int]:
     return list(range(0, max(0, n_samples - length) + 1, hop)) if n_samples >= length else []
 
 # %% ../nbs/03d_data.ipynb #659f2f52
-_MOVED = {"datasets": ("StemsDataset", "TripletDataset", "SingleStems")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
-
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.data import StemsDataset`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.data' has no attribute {name!r}")
+# Old import paths (`from msg_edu.data import StemsDataset`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("data", {"datasets": ("StemsDataset", "TripletDataset", "SingleStems")})

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .core import check_int, check_tensor
+from .core import check_int, check_tensor, moved_names
 
 # %% auto #0
 __all__ = ['LOG_SNR_RANGE', 'SCHEDULES', 'PREDICTIONS', 'T_PATTERNS', 'Schedule', 'LinearSchedule', 'CosineSchedule',
@@ -255,15 +255,8 @@ def sample_timesteps(batch: int, n_tracks: int, pattern: str = "shared", *, t_mi
     return t.masked_fill(order < n_known[:, None], 0.0)
 
 # %% ../nbs/06_diffusion.ipynb #426c0e64
-_MOVED = {"guidance": ("Cond", "drop_cond", "Denoiser", "Guided", "guided"),
+# Old import paths (`from msg_edu.diffusion import DiffusionConfig`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("diffusion", {"guidance": ("Cond", "drop_cond", "Denoiser", "Guided", "guided"),
           "samplers": ("CONDITIONING", "repaint_path", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "SAMPLERS",
                        "get_sampler", "DiffusionConfig"),
-          "toys": ("GaussianDenoiser", "toy_gaussian", "TOY_BASS", "TOY_DRUMS", "TOY_SPREAD", "toy_stems", "ToyDenoiser")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
-
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.diffusion import DiffusionConfig`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.diffusion' has no attribute {name!r}")
+          "toys": ("GaussianDenoiser", "toy_gaussian", "TOY_BASS", "TOY_DRUMS", "TOY_SPREAD", "toy_stems", "ToyDenoiser")})

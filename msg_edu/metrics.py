@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .audio import resample
-from .core import check_int, check_tensor
+from .core import check_int, check_tensor, moved_names
 from .data import SILENCE_THRESHOLD, is_silent
 from .mel import MelConfig, MelFrontend
 
@@ -241,17 +241,10 @@ def fad(emb_a, emb_b) -> float:
     return frechet_distance(*gaussian_stats(emb_a), *gaussian_stats(emb_b))
 
 # %% ../nbs/09_metrics.ipynb #98806a84
-_MOVED = {"embedders": ("Embedder", "VGGish", "VGGISH_SR", "VGGISH_WINDOW", "VGGISH_HOP", "VGGISH_FFT", "VGGISH_MELS",
+# Old import paths (`from msg_edu.metrics import train_embedder`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("metrics", {"embedders": ("Embedder", "VGGish", "VGGISH_SR", "VGGISH_WINDOW", "VGGISH_HOP", "VGGISH_FFT", "VGGISH_MELS",
                         "VGGISH_PATCH", "VGGISH_URL", "VGGISH_SHAPES", "vggish_mel_matrix", "vggish_examples", "load_vggish",
                         "EmbedderConfig", "InstrumentEmbedder", "EmbedderTraining", "EmbedderData", "embedder_loss",
                         "evaluate_embedder", "train_embedder", "_few"),
           "evaluation": ("sub_fad", "AUDIO_SUFFIXES", "EVAL_LAYOUT", "find_songs", "read_song", "evaluate_separation",
-                         "evaluate_generation", "format_table", "load_embedder", "evaluate_dirs")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
-
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.metrics import train_embedder`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.metrics' has no attribute {name!r}")
+                         "evaluate_generation", "format_table", "load_embedder", "evaluate_dirs")})

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from .core import moved_names
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +241,8 @@ def write_sf2(path, zones: list[dict], *, name: str = "msg_edu", bank: int = 0, 
     return path
 
 # %% ../nbs/03b_soundfont.ipynb #d1b79e02
-_MOVED = {"soundfont_player": ("Voice", "find_voices", "timecents_to_seconds", "centibels_to_gain", "velocity_attenuation",
+# Old import paths (`from msg_edu.soundfont import render_notes`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("soundfont", {"soundfont_player": ("Voice", "find_voices", "timecents_to_seconds", "centibels_to_gain", "velocity_attenuation",
                                "playback_step", "sample_region", "read_sample", "LN10_20", "VolumeEnvelope", "voice_gain",
                                "render_voice", "play_note", "render_notes", "GM_FAMILIES", "GM_KITS", "gm_program_name",
-                               "find_preset")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
-
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.soundfont import render_notes`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.soundfont' has no attribute {name!r}")
+                               "find_preset")})

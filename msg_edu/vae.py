@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, check_int, check_tensor
+from .core import Config, check_int, check_tensor, moved_names
 from .pretrained import Pretrained, check_state_dict, checkpoint_kind
 
 
@@ -346,12 +346,5 @@ def from_musicldm_state_dict(state: dict, config: VAEConfig | None = None, *, so
 
 # %% ../nbs/05_vae.ipynb #4ef43d0e
 # Names that moved to chapter 05b (training the VAE): the old import paths keep working for a release.
-_MOVED = ("adaptive_weight", "vae_loss", "disc_loss", "vae_phases", "StemMels", "VAETraining", "freq_mean", "evaluate_vae",
-          "train_vae")
-
-def __getattr__(name: str):
-    "`from msg_edu.vae import train_vae` (and the other training names) still works: they live in `msg_edu.vae_training`."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module("msg_edu.vae_training"), name)
-    raise AttributeError(f"module 'msg_edu.vae' has no attribute {name!r}")
+_MOVED, __getattr__ = moved_names("vae", {"vae_training": ("adaptive_weight", "vae_loss", "disc_loss", "vae_phases", "StemMels",
+                                                            "VAETraining", "freq_mean", "evaluate_vae", "train_vae")})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import check_int, check_tensor
+from .core import check_int, check_tensor, moved_names
 from .mel import MelConfig, MelFrontend, mel_to_wave
 
 # %% auto #0
@@ -97,18 +97,11 @@ def resynthesis_l1(vocoder: Vocoder, waves, batch_size: int = 8) -> float:
     return total / (len(waves) * front.config.n_frames(waves.shape[-1]) * front.config.n_mels)
 
 # %% ../nbs/08_vocoder.ipynb #475d8c2a
-_MOVED = {"hifigan": ("HiFiGANConfig", "HiFiGAN", "LRELU_SLOPE", "get_padding", "ResBlock1", "ResBlock2", "PUBLIC_G", "PUBLIC_V",
+# Old import paths (`from msg_edu.vocoder import HiFiGAN`) of names that moved to a later chapter.
+_MOVED, __getattr__ = moved_names("vocoder", {"hifigan": ("HiFiGANConfig", "HiFiGAN", "LRELU_SLOPE", "get_padding", "ResBlock1", "ResBlock2", "PUBLIC_G", "PUBLIC_V",
                       "to_public_state_dict", "save_public", "read_public_checkpoint", "generator_weights", "load_public"),
           "hifigan_training": ("PeriodDiscriminator", "ScaleDiscriminator", "MultiPeriodDiscriminator", "MultiScaleDiscriminator",
                                "HiFiGANDiscriminator", "discriminator_adv_loss", "generator_adv_loss", "feature_matching_loss",
                                "frozen", "HiFiGANForTraining", "hifigan_d_loss", "hifigan_g_loss", "hifigan_phases",
                                "held_out_clips", "HiFiGANTraining", "TimeBudget", "train_hifigan"),
-          "reconstruction": ("mel_to_bins", "mixture_consistent")}
-_MOVED = {name: module for module, names in _MOVED.items() for name in names}
-
-def __getattr__(name: str):
-    "Old import paths (`from msg_edu.vocoder import HiFiGAN`) of names that moved to a later chapter."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"msg_edu.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'msg_edu.vocoder' has no attribute {name!r}")
+          "reconstruction": ("mel_to_bins", "mixture_consistent")})

@@ -105,3 +105,16 @@ def test_checkpoints_live_in_pretrained_and_designs_core_paths_still_work():
     from msg_edu.core import from_pretrained as old_load, save_pretrained as old_save   # DESIGN.md's paths
     assert (old_load, old_save) == (new.from_pretrained, new.save_pretrained)
     with pytest.raises(AttributeError, match="no attribute 'nope'"): old.nope
+
+
+def test_moved_names_is_the_one_alias_mechanism():
+    "Every module that gave names to a later chapter uses core.moved_names; each alias resolves, a typo still fails."
+    import importlib
+    from msg_edu.core import moved_names
+    table, getattr_ = moved_names("demo_module", {"mel": ("MelFrontend",)})
+    assert table == {"MelFrontend": "mel"} and getattr_("MelFrontend") is importlib.import_module("msg_edu.mel").MelFrontend
+    with pytest.raises(AttributeError, match="'msg_edu.demo_module' has no attribute 'Nope'"): getattr_("Nope")
+    for name in ("core", "data", "diffusion", "metrics", "soundfont", "vocoder", "vae"):
+        m = importlib.import_module(f"msg_edu.{name}")
+        assert m.__getattr__.__qualname__.startswith("moved_names"), name
+        for alias, home in m._MOVED.items(): assert getattr(m, alias) is getattr(importlib.import_module(f"msg_edu.{home}"), alias)
