@@ -20,14 +20,8 @@ import torch
 from . import __version__
 from .checkpoint import run_contents
 from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, get_device
-from .demo import run_demo
-from .evaluation import EVAL_LAYOUT, evaluate_dirs, load_embedder
-from .mgeldm import MGELDM, MGELDMTraining, add_stem_file, extract_file, train_mgeldm
-from .msdm import MSDM, MSDMTraining, msdm_generate_files, msdm_separate_file, train_msdm
-from .msgld import MSGLD, MSGLDTraining, dry_run, generate_files, separate_file, train_msgld
-from .render_midi import render_midi_dataset
-from .toyslakh import ToySlakhConfig, make_toy_slakh
-from .vae_training import VAETraining, train_vae
+from .evaluation import EVAL_LAYOUT
+# every other subcommand's module is imported when that subcommand runs: `--help` and `info` load no model code
 
 # %% auto #0
 __all__ = ['COUNT', 'SEED', 'NUMBER', 'SECONDS', 'AUDIO_SECONDS', 'RECIPES', 'build_parser', 'main']
@@ -82,9 +76,11 @@ def _info(args) -> None:
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
 
 def _demo(args) -> None:
+    from msg_edu.demo import run_demo
     run_demo(args.out, args.preset, args.seed)
 
 def _toy_slakh(args) -> None:
+    from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh
     cfg = ToySlakhConfig.preset(args.preset)
     overrides = {k: v for k, v in dict(n_tracks=args.tracks, seconds=args.seconds, sr=args.sr, seed=args.seed, fmt=args.fmt,
                                        synth=args.synth, sf2=args.sf2).items() if v is not None}
@@ -95,6 +91,7 @@ def _toy_slakh(args) -> None:
     print(f"ToySlakh in {root}: {splits} ({cfg.seconds} s at {cfg.sr} Hz, {cfg.fmt}, synth {cfg.synth}), {time.perf_counter() - t0:.1f} s")
 
 def _render_midi(args) -> None:
+    from msg_edu.render_midi import render_midi_dataset
     r = render_midi_dataset(args.midi, args.out, args.sf2, sr=args.sr, fmt=args.fmt, n_jobs=args.jobs, limit=args.limit,
                             max_seconds=args.max_seconds, overwrite=args.overwrite)
     print(f"{r['files']} MIDI files -> {r['out']}: {r['rendered']} rendered ({r['seconds'] / 60:.1f} min of audio in "
@@ -106,6 +103,7 @@ def _names(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 def _eval(args) -> None:
+    from msg_edu.evaluation import evaluate_dirs, load_embedder
     if args.task == "separation" and (args.embedder or args.vggish or args.given):
         raise ValueError("--embedder, --vggish and --given belong to --task generation (FAD, sub-FAD); separation needs none.")
     embedder = (load_embedder(args.embedder, args.vggish, args.embedder_data, device=args.device)
@@ -117,14 +115,14 @@ def _eval(args) -> None:
     print("saved " + ", ".join(report["files"]))
 
 # `msg-edu train <model>`: the recipe, its training function, and the one line that sums up a finished run
-RECIPES = {
-    "vae": (VAETraining, train_vae,
+RECIPES = {   # (module, recipe class, training function, summary): imported when `train` runs
+    "vae": ("vae_training", "VAETraining", "train_vae",
             lambda m: f"held-out log-mel L1 {m['l1']:.3f} vs {m['baseline_l1']:.3f} for the per-frequency mean"),
-    "msgld": (MSGLDTraining, train_msgld,
+    "msgld": ("msgld", "MSGLDTraining", "train_msgld",
               lambda m: f"{m['segments']['train']} training segments, last loss {m['loss']:.4f}; the pipeline is in OUT/model"),
-    "msdm": (MSDMTraining, train_msdm,
+    "msdm": ("msdm", "MSDMTraining", "train_msdm",
              lambda m: f"{m['segments']['train']} training segments, last loss {m['loss']:.4f}; the model is in OUT/model"),
-    "mgeldm": (MGELDMTraining, train_mgeldm,
+    "mgeldm": ("mgeldm", "MGELDMTraining", "train_mgeldm",
                lambda m: f"{sum(m['triplets']['train'].values())} training triplets of {len(m['triplets']['train'])} classes, "
                          f"last loss {m['loss']:.4f}; the pipeline is in OUT/model"),
 }
@@ -132,7 +130,10 @@ RECIPES = {
 def _gib(n: float) -> str: return f"{n / 2**30:.2f} GiB"
 
 def _train(args) -> None:
-    recipe_cls, train_fn, summary = RECIPES[args.model]
+    import importlib
+    module, recipe_name, train_name, summary = RECIPES[args.model]
+    module = importlib.import_module(f"msg_edu.{module}")
+    recipe_cls, train_fn = getattr(module, recipe_name), getattr(module, train_name)
     if args.vae and args.model not in ("msgld", "mgeldm"):
         raise ValueError("--vae (a trained VAE to reuse) belongs to `train msgld` and `train mgeldm`.")
     recipe = recipe_cls.preset(args.preset)
@@ -140,7 +141,7 @@ def _train(args) -> None:
         recipe = recipe.replace(train=recipe.train.replace(steps=args.steps, warmup=min(recipe.train.warmup, args.steps)).to_dict())
     if args.dry_run:
         if args.model != "msgld": raise ValueError(f"--dry-run is implemented for `train msgld`, not `train {args.model}`.")
-        r = dry_run(recipe, args.data, cache_dir=args.cache)
+        r = module.dry_run(recipe, args.data, cache_dir=args.cache)
         print(f"msgld ({args.preset}) on {args.data}: U-Net {r['unet_params']:,} parameters ({_gib(r['param_bytes'])} fp32); "
               f"estimated training memory {_gib(r['estimated_bytes'])} (weights, AdamW, gradients, EMA "
               f"{_gib(r['train_state_bytes'])} + activations {_gib(r['activation_bytes'])} at batch {r['batch_size']}, latent "
@@ -154,8 +155,10 @@ def _train(args) -> None:
     print(f"{args.model} ({args.preset}) trained to step {learn.step} in {time.perf_counter() - t0:.0f} s on {learn.device}: "
           f"{summary(m)}; saved to {args.out}")
 
-def _load_pipeline(args) -> MSGLD | MSDM:
+def _load_pipeline(args):
     "The model folder of --model: an MSDM (msdm.json) or an MSG-LD (msgld.json); MSG-LD's loader names any other kind."
+    from msg_edu.msdm import MSDM
+    from msg_edu.msgld import MSGLD
     if (Path(args.model)/"msdm.json").is_file():
         for flag, given in (("--sampler", args.sampler is not None), ("--reconstruct vocoder", getattr(args, "reconstruct", "mixture") != "mixture")):
             if given: raise MsgEduError(f"{flag} belongs to MSG-LD models; {args.model} is an MSDM (EDM sampling on waveforms): drop {flag}.")
@@ -165,6 +168,8 @@ def _load_pipeline(args) -> MSGLD | MSDM:
     return MSGLD.from_pretrained(args.model, device=get_device(args.device))
 
 def _separate(args) -> None:
+    from msg_edu.msdm import MSDM, msdm_separate_file
+    from msg_edu.msgld import separate_file
     _check_inputs(args.inputs, args.out)
     pipe = _load_pipeline(args)
     for path in args.inputs:
@@ -179,6 +184,8 @@ def _separate(args) -> None:
         print(f"{path}: {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _generate(args) -> None:
+    from msg_edu.msdm import MSDM, msdm_generate_files
+    from msg_edu.msgld import generate_files
     check_folder(args.out)
     pipe = _load_pipeline(args)
     if isinstance(pipe, MSDM): folders = msdm_generate_files(pipe, args.out, args.n, args.seconds, steps=args.steps, seed=args.seed)
@@ -187,6 +194,7 @@ def _generate(args) -> None:
     print(f"{len(folders)} songs of {pipe.segment_seconds if args.seconds is None else args.seconds:g} s -> {args.out}/gen_*/{{{','.join(pipe.stems)},mix}}.wav")
 
 def _extract(args) -> None:
+    from msg_edu.mgeldm import MGELDM, extract_file
     _check_inputs(args.inputs, args.out)
     pipe = MGELDM.from_pretrained(args.model, device=get_device(args.device))
     for path in args.inputs:
@@ -197,6 +205,7 @@ def _extract(args) -> None:
         print(f"{path}: {args.label!r} extracted from {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}")
 
 def _add_stem(args) -> None:
+    from msg_edu.mgeldm import MGELDM, add_stem_file
     if args.submix is not None: _check_inputs([args.submix], args.out)
     check_folder(args.out)
     pipe = MGELDM.from_pretrained(args.model, device=get_device(args.device))
@@ -207,6 +216,7 @@ def _add_stem(args) -> None:
     print(f"added {args.label!r} to {args.submix or 'silence'} -> " + ", ".join(str(f) for f in r["files"]))
 
 def _import(args) -> None:
+    from msg_edu.msgld import MSGLD
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} is not empty; give a new folder for the imported model.")

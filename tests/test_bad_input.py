@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 import msg_edu.cli as cli
+import msg_edu.msgld as msgld
 from msg_edu.audio import save_audio
 from msg_edu.core import MsgEduError, Progress
 from msg_edu.samplers import DiffusionConfig
@@ -190,14 +191,14 @@ def test_damaged_mgeldm_folder_is_named(case, mgeldm_dir, files, tmp_path):
 
 def test_ctrl_c_is_one_line_and_130(monkeypatch, msgld_dir, files, tmp_path):
     def interrupted(*a, **k): raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "separate_file", interrupted)
+    monkeypatch.setattr(msgld, "separate_file", interrupted)
     status, err = run("separate", files / "song.wav", "--model", msgld_dir, "--out", tmp_path / "out")
     assert status == 130 and err.strip().count("\n") == 0 and "interrupted (Ctrl-C)" in err, err
 
 
 def test_a_bug_is_one_line_and_1(monkeypatch, msgld_dir, files, tmp_path):
     def buggy(*a, **k): return {}["notes"]
-    monkeypatch.setattr(cli, "separate_file", buggy)
+    monkeypatch.setattr(msgld, "separate_file", buggy)
     status, err = run("separate", files / "song.wav", "--model", msgld_dir, "--out", tmp_path / "out")
     assert status == 1 and err.strip().count("\n") == 0 and "bug in msg_edu" in err and "KeyError" in err, err
     monkeypatch.setenv("MSG_EDU_TRACEBACK", "1")

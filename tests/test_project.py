@@ -123,3 +123,11 @@ def test_docs_site_runs_what_make_test_runs():
     assert not skipped("#| export\ndef f(): pass") and not skipped("x = 1  #| slow is only a flag on the first lines")
     assert skipped("# Title", kind="markdown")
     assert "make docs" in (ROOT / "README.md").read_text() and "docs:" in (ROOT / "Makefile").read_text()
+
+
+def test_cli_imports_a_subcommand_s_modules_when_it_runs():
+    "`msg-edu --help` and `msg-edu info` load no pipeline: each subcommand imports its own modules when it runs."
+    code = ("import sys, msg_edu.cli; print(sorted(m for m in ('msg_edu.msgld', 'msg_edu.mgeldm', 'msg_edu.msdm', 'msg_edu.demo', "
+            "'msg_edu.latent', 'msg_edu.unet', 'msg_edu.render_midi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"msg_edu.cli loads pipeline modules at import time: {out}"
