@@ -99,6 +99,7 @@ def _render_midi(args) -> None:
     for note in r["fallbacks"]: print(f"note: {note}")
     for name, reason in r["skipped"].items(): print(f"skipped {name}: {reason}")
 
+# %% ../nbs/12_cli.ipynb #775260b8
 def _names(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
@@ -114,6 +115,7 @@ def _eval(args) -> None:
     print(report["text"])
     print("saved " + ", ".join(report["files"]))
 
+# %% ../nbs/12_cli.ipynb #844c7dc0
 # `msg-edu train <model>`: the recipe, its training function, and the one line that sums up a finished run
 RECIPES = {   # (module, recipe class, training function, summary): imported when `train` runs
     "vae": ("vae_training", "VAETraining", "train_vae",
@@ -155,6 +157,7 @@ def _train(args) -> None:
     print(f"{args.model} ({args.preset}) trained to step {learn.step} in {time.perf_counter() - t0:.0f} s on {learn.device}: "
           f"{summary(m)}; saved to {args.out}")
 
+# %% ../nbs/12_cli.ipynb #43dab73d
 def _load_pipeline(args):
     "The model folder of --model: an MSDM (msdm.json) or an MSG-LD (msgld.json); MSG-LD's loader names any other kind."
     from msg_edu.msdm import MSDM
@@ -227,6 +230,7 @@ def _import(args) -> None:
           f"{'HiFi-GAN' if pipe.vocoder else 'none (Griffin-Lim)'} -> {out}; use it with `msg-edu separate --model {out}` "
           f"or `msg-edu generate --model {out}`.")
 
+# %% ../nbs/12_cli.ipynb #5f14623e
 def _sampling_args(parser, w: float | None, kind: str = "MSG-LD", train: str = "msgld") -> None:
     parser.add_argument("--model", required=True, help=f"a trained {kind} pipeline: the OUT/model folder of `train {train}`")
     parser.add_argument("--out", required=True, help="output folder")
