@@ -26,7 +26,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
            'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'n_params', 'fmt_count',
-           'moved_names']
+           'markdown_table', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -280,6 +280,12 @@ def fmt_count(n: int) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale: return f"{n / scale:.1f}{unit}"
     return str(n)
+
+def markdown_table(header: list[str], rows: list[list], *, right: bool = False) -> str:
+    "A Markdown table: `header`, then `rows` of already formatted cells; `right` aligns every column but the first right."
+    line = lambda cells: "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+    rule = "|---|" + ("---:|" if right else "---|") * (len(header) - 1)
+    return "\n".join([line(header), rule, *map(line, rows)])
 
 # %% ../nbs/00_core.ipynb #5669a57a
 def moved_names(module: str, homes: dict[str, tuple[str, ...]]):

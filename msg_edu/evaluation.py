@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio import load_audio
-from .core import atomic_write, check_int
+from .core import atomic_write, check_int, markdown_table
 from .data import MSDM_STEMS, SILENCE_THRESHOLD, DataError
 from .embedders import Embedder, InstrumentEmbedder, _few, load_vggish, train_embedder
 from .mel import MelConfig, MelFrontend
@@ -203,11 +203,9 @@ def evaluate_generation(pred, ref, embedder: Embedder, *, stems: Sequence[str] |
 def format_table(report: dict, digits: int = 2) -> str:
     "The report's table as a Markdown table, metrics as rows and stems as columns, as the papers print them."
     cols = report["columns"]
-    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for metric, row in report["table"].items():
-        cells = [("n/a" if not math.isfinite(row[c]) else f"{row[c]:.{digits}f}") if c in row else "" for c in cols]
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[metric, *(("n/a" if not math.isfinite(row[c]) else f"{row[c]:.{digits}f}") if c in row else "" for c in cols)]
+            for metric, row in report["table"].items()]
+    return markdown_table(["", *cols], rows, right=True)
 
 def load_embedder(embedder: str | os.PathLike | None = None, vggish: str | os.PathLike | None = None,
                   train_data: str | os.PathLike | None = None, preset: str = "toy", device=None) -> Embedder:

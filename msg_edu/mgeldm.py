@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import atomic_write, check_folder, check_int, check_number
+from .core import atomic_write, check_folder, check_int, check_number, markdown_table
 from .data import SlakhIndex
 from .datasets import TripletDataset
 from .guidance import Cond
@@ -300,10 +300,8 @@ def evaluate_extraction(pipe: MGELDM, data, split: str = "test", *, guidance_w: 
 def extraction_table(report: dict) -> str:
     "A markdown table of `evaluate_extraction` reports: {name: report} side by side, the mixture baseline first."
     first = next(iter(report.values()))
-    rows = ["| class | n | mixture as estimate | " + " | ".join(report) + " |", "|---" * (3 + len(report)) + "|"]
-    for c in first:
-        rows.append(f"| {c} | {first[c]['n']} | {first[c]['mix_log_mel_l1']:.3f} | "
-                    + " | ".join(f"{r[c]['log_mel_l1']:.3f}" for r in report.values()) + " |")
+    rows = [[c, first[c]["n"], f"{first[c]['mix_log_mel_l1']:.3f}", *(f"{r[c]['log_mel_l1']:.3f}" for r in report.values())]
+            for c in first]
     mean = lambda r, k: float(np.mean([v[k] for v in r.values()]))
-    rows.append(f"| **mean** | | {mean(first, 'mix_log_mel_l1'):.3f} | " + " | ".join(f"{mean(r, 'log_mel_l1'):.3f}" for r in report.values()) + " |")
-    return "\n".join(rows)
+    rows.append(["**mean**", "", f"{mean(first, 'mix_log_mel_l1'):.3f}", *(f"{mean(r, 'log_mel_l1'):.3f}" for r in report.values())])
+    return markdown_table(["class", "n", "mixture as estimate", *report], rows)

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-from .core import MsgEduError, check_int, check_tensor, get_device
+from .core import MsgEduError, check_int, check_tensor, get_device, markdown_table
 from .data import DataError, MSDM_STEMS, SlakhIndex, is_silent
 from .datasets import StemsDataset
 from .evaluation import sub_fad
@@ -79,12 +79,11 @@ def mask_ceilings(data, split: str = "test", *, vae: AutoencoderKL | None = None
 
 def separation_table(report: dict) -> str:
     "A markdown table of an `evaluate_separation` report: one row per stem and the mean."
-    rows = ["| stem | Log-Mel L1 | mixture as estimate | SI-SDRi (dB) |", "|---|---|---|---|"]
-    for s in report["stems"]:
-        rows.append(f"| {s} | {report['log_mel_l1'][s]:.3f} | {report['mix_log_mel_l1'][s]:.3f} | {report['si_sdri'][s]:.2f} |")
+    rows = [[s, f"{report['log_mel_l1'][s]:.3f}", f"{report['mix_log_mel_l1'][s]:.3f}", f"{report['si_sdri'][s]:.2f}"]
+            for s in report["stems"]]
     mean = lambda d: float(np.mean([d[s] for s in report["stems"]]))
-    rows.append(f"| **mean** | {mean(report['log_mel_l1']):.3f} | {mean(report['mix_log_mel_l1']):.3f} | {report['si_sdri']['All']:.2f} |")
-    return "\n".join(rows)
+    rows.append(["**mean**", f"{mean(report['log_mel_l1']):.3f}", f"{mean(report['mix_log_mel_l1']):.3f}", f"{report['si_sdri']['All']:.2f}"])
+    return markdown_table(["stem", "Log-Mel L1", "mixture as estimate", "SI-SDRi (dB)"], rows)
 
 # %% ../nbs/09e_scoring.ipynb #1e1964eb
 def onset_strength(wave, sr: int = 16000) -> torch.Tensor:
@@ -157,16 +156,15 @@ def systems_table(rows: dict, train_minutes: dict | None = None) -> str:
     "Markdown: one line per system of `system_scores` rows (and training minutes)."
     stems = next(iter(rows.values()))["separation"]["stems"]
     head = (["system"] + [f"SI-SDRi {s}" for s in stems] + ["SI-SDRi mean"] + [f"L1 {s}" for s in stems] +
-            ["FAD", "onset agr.", f"sub-FAD", "train min", "sep. s/10 s", "gen. s/10 s"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            ["FAD", "onset agr.", "sub-FAD", "train min", "sep. s/10 s", "gen. s/10 s"])
+    lines = []
     for name, r in rows.items():
         sep = r["separation"]
         cells = ([f"{sep['si_sdri'][s]:+.2f}" for s in stems] + [f"{sep['si_sdri']['All']:+.2f}"] +
                  [f"{sep['log_mel_l1'][s]:.2f}" for s in stems] +
                  [f"{r['fad']:.2f}", f"{r['onset_agreement']:.2f}", f"{r['sub_fad']:.2f}",
                   f"{(train_minutes or {}).get(name, float('nan')):.1f}", f"{r['separate_s_per_10s']:.1f}", f"{r['generate_s_per_10s']:.1f}"])
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append([name, *cells])
     mix = next(iter(rows.values()))["separation"]["mix_log_mel_l1"]
-    lines.append("| mixture as estimate | " + " | ".join(["+0.00"] * (len(stems) + 1)) + " | " +
-                 " | ".join(f"{mix[s]:.2f}" for s in stems) + " | | | | | | |")
-    return "\n".join(lines)
+    lines.append(["mixture as estimate", *["+0.00"] * (len(stems) + 1), *(f"{mix[s]:.2f}" for s in stems), *[""] * 6])
+    return markdown_table(head, lines)
