@@ -29,7 +29,7 @@ nav { position: sticky; top: 0; height: 100vh; overflow-y: auto; width: 250px; f
       border-right: 1px solid #ddd; padding: 12px; box-sizing: border-box; }
 nav h2 { font-size: 16px; margin: 4px 0 10px; } nav ol { padding-left: 0; list-style: none; margin: 0; }
 nav li { margin: 2px 0; } nav a { color: #234; text-decoration: none; display: block; padding: 2px 6px; border-radius: 4px; }
-nav a:hover { background: #e4e6ea; } nav a.here { background: #d6e4ff; font-weight: 600; }
+nav a:hover { background: #e4e6ea; } nav b { color: #678; font-weight: 600; margin-right: 4px; } nav a.here { background: #d6e4ff; font-weight: 600; }
 main { flex: 1; min-width: 0; padding: 16px 32px; max-width: 1100px; }
 pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 13px; border-radius: 4px; }
 .jp-InputArea, .input_area { margin-top: 12px; }
@@ -77,7 +77,8 @@ def render(executed: Path, chapters: list[tuple[str, str]], here: str) -> str:
     "One page: the sidebar and the executed chapter (nbconvert's `basic` template: no scripts, no CDN)."
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter(template_name="basic").from_filename(str(executed))
-    items = "".join(f'<li><a href="{n}.html"{" class=here" if n == here else ""}>{html.escape(t)}</a></li>'
+    label = lambda n, t: html.escape(t) if n == "index" else f"<b>{html.escape(n.split('_')[0])}</b> {html.escape(t)}"
+    items = "".join(f'<li><a href="{n}.html"{" class=here" if n == here else ""}>{label(n, t)}</a></li>'
                     for n, t in chapters)
     title = dict(chapters)[here]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)} · msg_edu</title>"
