@@ -213,7 +213,7 @@ def generation_stage(out: Path, data: Path, cache: Path, models: Path, plan: Dem
     index, _ = _test_songs(data, cache, list(pipe.stems), 1)
     real = StemsDataset(index, plan.generate_seconds)
     real = torch.stack([real[i]["stems"] for i in range(len(real))])
-    sounding = [bool(not is_silent(s)) for s in gen.reshape(-1, gen.shape[-1])]
+    sounding = (~is_silent(gen)).flatten().tolist()
     m = {"songs": [f.name for f in folders], "vocoder": "HiFi-GAN" if use_hifigan else "Griffin-Lim (32 iterations)",
          "sounding_stems": int(sum(sounding)), "stems": len(sounding), "seconds": plan.generate_seconds}
     for k, x in (("generated", gen), ("real", real), ("shuffled", _shuffled(real))):

@@ -182,7 +182,7 @@ def prepare_audio(wave, sr: int, model_sr: int, name: str = "mixture", *, purpos
         wave = resample(wave, sr, model_sr)
     if wave.shape[-1] < model_sr // 4:
         raise MsgEduError(f"the {name} is {wave.shape[-1] / model_sr:.3f} s long; give at least 0.25 s.")
-    silent = torch.as_tensor(is_silent(wave[:, 0])).reshape(-1)
+    silent = is_silent(wave[:, 0]).reshape(-1)
     if not allow_silence and bool(silent.any()):
         raise MsgEduError(f"{name} {int(silent.nonzero()[0])} of the batch is silent (||x||_2 / N < 1.5e-5): there is nothing "
                           f"to {purpose}; check the file and its gain.")
@@ -220,7 +220,7 @@ def by_segments(wave: torch.Tensor, length: int, fn, n_parts: int, *, batch: int
     "Cut a mono wave (N,) into `length`-sample segments (the last zero-padded), run `fn` ((K, 1, L) -> (K, P, L)) on the sounding ones, `batch` at a time, rejoin: (P, N), #silent, #segments."
     length, batch, N = check_int(length, "length", min_value=1), check_int(batch, "batch", min_value=1), wave.shape[-1]
     segs = torch.nn.functional.pad(wave, (0, (-N) % length)).reshape(-1, 1, length)
-    sounding = (~torch.as_tensor(is_silent(segs[:, 0])).reshape(-1)).nonzero()[:, 0].tolist()
+    sounding = (~is_silent(segs[:, 0]).reshape(-1)).nonzero()[:, 0].tolist()
     parts = torch.zeros(n_parts, len(segs) * length, device=segs.device)     # the output, written segment by segment
     with Progress(len(sounding), desc, unit="segment", enabled=progress) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -193,7 +193,7 @@ class MSGLD(nn.Module):
             raise ValueError("known_mask must mark at least one stem known and one to generate in every example; "
                              "use generate() for none known.")
         if waves.shape[-1] < self.sr // 4: raise ValueError(f"known_stems are {waves.shape[-1] / self.sr:.3f} s long; give at least 0.25 s.")
-        given_silent = torch.as_tensor(is_silent(waves)).to(self.device) & mask
+        given_silent = is_silent(waves).to(self.device) & mask
         if bool(given_silent.any()):
             b, s = given_silent.nonzero()[0].tolist()
             raise ValueError(f"known stem {self.stems[s]!r} of example {b} is silent; mark it unknown (known_mask False) instead.")

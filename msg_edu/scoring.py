@@ -39,7 +39,7 @@ def score_separator(estimate, data, split: str = "test", *, stems=MSDM_STEMS, se
         mix, N = ref.sum(0), ref.shape[-1]                                                      # MSDM: the unclipped sum
         if N < sr // 4 or bool(is_silent(mix)): continue
         segs = torch.nn.functional.pad(ref, (0, (-N) % L)).reshape(S, -1, L).transpose(0, 1)   # (K, S, L), last one padded
-        sounding = ~torch.as_tensor(is_silent(segs.sum(1))).reshape(-1)
+        sounding = ~is_silent(segs.sum(1)).reshape(-1)
         est = torch.zeros_like(segs)                                                            # silent segments stay silent
         est[sounding] = estimate(segs[sounding].sum(1, keepdim=True).to(front.mel_t.device),
                                  segs[sounding].to(front.mel_t.device)).float().cpu()
@@ -135,7 +135,7 @@ def system_scores(separate, generate, arrange, data, *, embedder=None, stems=MSD
                                          max_tracks=max_tracks, cache_dir=cache_dir)}
     row["separate_s_per_10s"] = _per_10s(spent["s"], spent["audio"])
     real = StemsDataset(SlakhIndex(data, "test", stems=list(stems), missing="drop", sr=sr, cache_dir=cache_dir), seconds)
-    full = [it["stems"] for it in map(real.__getitem__, range(len(real))) if not bool(torch.as_tensor(is_silent(it["stems"])).any())]
+    full = [it["stems"] for it in map(real.__getitem__, range(len(real))) if not is_silent(it["stems"]).any()]
     if len(full) < 2: raise MsgEduError(f"the test split of {data} has {len(full)} segments of {seconds} s with all stems sounding; give more data.")
     ref = torch.stack(full[:n_songs])                                         # (n, S, N) real test segments, every stem sounding
     t = time.perf_counter(); gen = generate(len(ref), seconds).float().cpu()
