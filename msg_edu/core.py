@@ -25,8 +25,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
-           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'n_params', 'fmt_count',
-           'markdown_table', 'moved_names']
+           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'patch_to', 'n_params',
+           'fmt_count', 'markdown_table', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -219,7 +219,14 @@ class Config:
         name = name or default_preset()
         if name not in cls.presets:
             raise ValueError(f"{cls.__name__} has no preset {name!r}; choose one of {sorted(cls.presets)}.")
-        return cls.from_dict({**cls.presets[name], **overrides})
+        p, hints, overrides = dict(cls.presets[name]), typing.get_type_hints(cls), dict(overrides)
+        for f in dataclasses.fields(cls):       # a nested config: its own preset of this name, changed field by field
+            tp = hints.get(f.name)
+            if isinstance(tp, type) and issubclass(tp, Config):
+                extra = overrides.pop(f.name, {})
+                extra = extra.to_dict() if isinstance(extra, Config) else extra
+                p[f.name] = tp.preset(name, **{**p.get(f.name, {}), **extra}).to_dict()
+        return cls.from_dict({**p, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         "Plain, JSON-ready dict of the fields (nested configs become dicts)."
@@ -255,20 +262,18 @@ def _from_json(tp, v):
 
 # %% ../nbs/00_core.ipynb #4d4e4f55
 class Recipe(Config):
-    "A Config whose Config-typed fields are built from their own preset of the same name (changed by the recipe's)."
-    @classmethod
-    def preset(cls, name: str | None = None, **overrides):
-        name = name or default_preset()
-        if name not in cls.presets:
-            raise ValueError(f"{cls.__name__} has no preset {name!r}; choose one of {sorted(cls.presets)}.")
-        p, hints, overrides = dict(cls.presets[name]), typing.get_type_hints(cls), dict(overrides)
-        for f in dataclasses.fields(cls):
-            tp = hints.get(f.name)
-            if isinstance(tp, type) and issubclass(tp, Config):
-                extra = overrides.pop(f.name, {})   # a nested override changes the nested preset, field by field
-                extra = extra.to_dict() if isinstance(extra, Config) else extra
-                p[f.name] = tp.preset(name, **{**p.get(f.name, {}), **extra}).to_dict()
-        return cls.from_dict({**p, **overrides})
+    "A training recipe: a Config that bundles the model's config, the Learner's `TrainConfig` and the data settings."
+
+
+# %% ../nbs/00_core.ipynb #a1c1a17d
+def patch_to(cls: type, as_property: bool = False):
+    "Decorator: add the function to `cls` under its name (a property if `as_property`), to grow a class cell by cell."
+    if not isinstance(cls, type): raise TypeError(f"patch_to needs a class, got {cls!r}; write @patch_to(MyClass).")
+    def add(f):
+        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+        setattr(cls, f.__name__, property(f) if as_property else f)
+        return f
+    return add
 
 # %% ../nbs/00_core.ipynb #b2435c00
 def n_params(model: nn.Module, trainable_only: bool = False) -> int:

@@ -21,14 +21,14 @@ from .callbacks import (
     CSVLogger, Callback, CancelFit, EMA, GradClip, NaNGuard, NonFiniteLossError, ProgressBar, TensorBoardLogger)
 from .checkpoint import (
     _loader_generators, find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, set_rng_state, write_checkpoint)
-from .core import Config, MsgEduError, check_int
+from .core import Config, MsgEduError, check_int, patch_to
 from .distributed import _LossRunner, _check_loader, _resolve_precision, _tensors, _train_device, init_distributed, to_device
 from .optim import _FREE_KEYS, TrainConfig, _as_losses, _as_phases, _phase_params, lr_factor
 
 # %% auto #0
 __all__ = ['Learner', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/04e_learner.ipynb #16ee5fcb
+# %% ../nbs/04e_learner.ipynb #fd3c6d45
 class Learner:
     "The one training loop: loss function(s) in; trained weights, logs and exactly resumable checkpoints out."
     def __init__(self, model: nn.Module, train_dl, loss_fn, valid_dl=None, config: TrainConfig | None = None, *,
@@ -68,20 +68,6 @@ class Learner:
         self.phase = self.opt = self.batch = self.losses = None
         self.stop_step, self._running, self._epoch_rng, self._saved_step = cfg.steps, {}, None, None
 
-    def _callbacks(self, cbs: list, progress: bool) -> list[Callback]:
-        for cb in cbs:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"cbs must hold Callback instances, got {type(cb).__name__}; subclass msg_edu.learner.Callback.")
-        cfg, defaults = self.config, [NaNGuard()]
-        if cfg.grad_clip > 0: defaults.append(GradClip(cfg.grad_clip))
-        if cfg.ema_decay > 0: defaults.append(EMA(self.model, cfg.ema_decay))
-        if progress: defaults.append(ProgressBar())
-        if self.out is not None:
-            defaults.append(CSVLogger(self.out / "log.csv"))
-            if TensorBoardLogger.available(): defaults.append(TensorBoardLogger(self.out / "tensorboard"))
-        defaults = [d for d in defaults if not any(type(cb) is type(d) for cb in cbs)]  # yours replaces the default of its type
-        return sorted(defaults + cbs, key=lambda cb: cb.order)
-
     def _run(self, event: str):
         for cb in self.cbs:
             method = getattr(cb, event, None)
@@ -98,178 +84,195 @@ class Learner:
 
     def _key(self, phase: str, name: str) -> str: return name if len(self.phases) == 1 else f"{phase}/{name}"
 
-    def non_finite(self, what: str) -> NonFiniteLossError:
-        "The error to raise when `what` is NaN/Inf: names the step, phase and batch, and carries the batch."
-        epoch, index = self.batch_at
-        bad_data = any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(self.batch))
-        hint = (" The batch itself holds NaN/Inf values: clean the data." if bad_data else
-                " Usual fixes: a lower lr or a longer warmup, grad_clip, or checking the data.")
-        return NonFiniteLossError(
-            f"non-finite {what} at step {self.step + 1} (phase {self.phase!r}, epoch {epoch}, batch {index} of that epoch); "
-            f"training stopped before this update, so the weights and the last checkpoint are intact.{hint} "
-            f"The batch is in `err.batch`.", step=self.step + 1, epoch=epoch, batch_idx=index, batch=self.batch)
+# %% ../nbs/04e_learner.ipynb #065a9023
+@patch_to(Learner)
+def _callbacks(self, cbs: list, progress: bool) -> list[Callback]:
+    for cb in cbs:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"cbs must hold Callback instances, got {type(cb).__name__}; subclass msg_edu.learner.Callback.")
+    cfg, defaults = self.config, [NaNGuard()]
+    if cfg.grad_clip > 0: defaults.append(GradClip(cfg.grad_clip))
+    if cfg.ema_decay > 0: defaults.append(EMA(self.model, cfg.ema_decay))
+    if progress: defaults.append(ProgressBar())
+    if self.out is not None:
+        defaults.append(CSVLogger(self.out / "log.csv"))
+        if TensorBoardLogger.available(): defaults.append(TensorBoardLogger(self.out / "tensorboard"))
+    defaults = [d for d in defaults if not any(type(cb) is type(d) for cb in cbs)]  # yours replaces the default of its type
+    return sorted(defaults + cbs, key=lambda cb: cb.order)
 
-    def _losses(self, phase: str, batch) -> dict[str, torch.Tensor]:
-        ph = self.phases[phase]
-        kwargs = {"step": self.step} if ph.takes_step else {}
-        with torch.autocast("cuda", dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext():
-            if self._ddp is not None and torch.is_grad_enabled(): out = self._ddp(ph.loss_fn, batch, kwargs)
-            else: out = ph.loss_fn(self.model, batch, **kwargs)
-        return _as_losses(out, phase)
+# %% ../nbs/04e_learner.ipynb #dc3e043a
+@patch_to(Learner)
+def non_finite(self, what: str) -> NonFiniteLossError:
+    "The error to raise when `what` is NaN/Inf: names the step, phase and batch, and carries the batch."
+    epoch, index = self.batch_at
+    bad_data = any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(self.batch))
+    hint = (" The batch itself holds NaN/Inf values: clean the data." if bad_data else
+            " Usual fixes: a lower lr or a longer warmup, grad_clip, or checking the data.")
+    return NonFiniteLossError(
+        f"non-finite {what} at step {self.step + 1} (phase {self.phase!r}, epoch {epoch}, batch {index} of that epoch); "
+        f"training stopped before this update, so the weights and the last checkpoint are intact.{hint} "
+        f"The batch is in `err.batch`.", step=self.step + 1, epoch=epoch, batch_idx=index, batch=self.batch)
 
-    def _one_step(self, micro: list):
-        "One update: per phase, forward + backward on each micro-batch, then that phase's optimiser and schedule step."
-        self.metrics = {}
-        self._run("before_step")
-        for name, opt in self.opts.items():
-            if self.step < self.phases[name].start: continue
-            self.phase, self.opt, sums = name, opt, {}
-            self.model.zero_grad(set_to_none=True)
-            for i, (epoch, index, self.batch) in enumerate(micro):
-                self.batch_at = (epoch, index)
-                last = i == len(micro) - 1
-                with self._ddp.no_sync() if self._ddp is not None and not last else nullcontext():
-                    self.losses = self._losses(name, self.batch)
-                    loss_device = self.losses["loss"].device  # (logged numbers may live elsewhere)
-                    values = torch.stack([v.detach().float().reshape(()).to(loss_device) for v in self.losses.values()]).tolist()
-                    self.loss_values = dict(zip(self.losses, values))
-                    self._run("after_loss")
-                    (self.losses["loss"] / len(micro)).backward()  # the sum over micro-batches is the mean's gradient
-                for k, v in self.loss_values.items(): sums[k] = sums.get(k, 0.0) + v / len(micro)
-            for k, v in sums.items(): self.record(k, v)
-            self._run("after_backward")
-            self.record("lr", opt.param_groups[0]["lr"])
-            opt.step()
-            self.scheds[name].step()
-        self.phase = self.opt = None
-        self.step += 1
+@patch_to(Learner)
+def _losses(self, phase: str, batch) -> dict[str, torch.Tensor]:
+    ph = self.phases[phase]
+    kwargs = {"step": self.step} if ph.takes_step else {}
+    with torch.autocast("cuda", dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext():
+        if self._ddp is not None and torch.is_grad_enabled(): out = self._ddp(ph.loss_fn, batch, kwargs)
+        else: out = ph.loss_fn(self.model, batch, **kwargs)
+    return _as_losses(out, phase)
 
-    def _rng_state(self) -> dict:
-        return {"global": rng_state(), "loader": [g.get_state() for g in _loader_generators(self.train_dl)]}
+@patch_to(Learner)
+def _one_step(self, micro: list):
+    "One update: per phase, forward + backward on each micro-batch, then that phase's optimiser and schedule step."
+    self.metrics = {}
+    self._run("before_step")
+    for name, opt in self.opts.items():
+        if self.step < self.phases[name].start: continue
+        self.phase, self.opt, sums = name, opt, {}
+        self.model.zero_grad(set_to_none=True)
+        for i, (epoch, index, self.batch) in enumerate(micro):
+            self.batch_at = (epoch, index)
+            last = i == len(micro) - 1
+            with self._ddp.no_sync() if self._ddp is not None and not last else nullcontext():
+                self.losses = self._losses(name, self.batch)
+                loss_device = self.losses["loss"].device  # (logged numbers may live elsewhere)
+                values = torch.stack([v.detach().float().reshape(()).to(loss_device) for v in self.losses.values()]).tolist()
+                self.loss_values = dict(zip(self.losses, values))
+                self._run("after_loss")
+                (self.losses["loss"] / len(micro)).backward()  # the sum over micro-batches is the mean's gradient
+            for k, v in self.loss_values.items(): sums[k] = sums.get(k, 0.0) + v / len(micro)
+        for k, v in sums.items(): self.record(k, v)
+        self._run("after_backward")
+        self.record("lr", opt.param_groups[0]["lr"])
+        opt.step()
+        self.scheds[name].step()
+    self.phase = self.opt = None
+    self.step += 1
 
-    def _set_rng_state(self, state: dict):
-        set_rng_state(state["global"])
-        gens = _loader_generators(self.train_dl)
-        if len(gens) != len(state["loader"]):
-            raise ValueError(f"train_dl has {len(gens)} random generator(s), the checkpoint saved {len(state['loader'])}; "
-                             f"resume with a DataLoader built the same way.")
-        for g, s in zip(gens, state["loader"]): g.set_state(s)
+# %% ../nbs/04e_learner.ipynb #74c82f71
+@patch_to(Learner)
+def _rng_state(self) -> dict:
+    return {"global": rng_state(), "loader": [g.get_state() for g in _loader_generators(self.train_dl)]}
 
-    def _stream(self):
-        "(epoch, index, batch) forever; after a resume, replays the interrupted epoch's order and skips what was done."
-        skip = self.batch_idx
-        while True:
-            if skip: now = self._rng_state(); self._set_rng_state(self._epoch_rng)
-            else: self._epoch_rng = self._rng_state()  # the state that decides this epoch's order
-            sampler = getattr(self.train_dl, "sampler", None)
-            if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)
-            it = iter(self.train_dl)
-            for _ in range(skip):  # replay (load and drop) the batches the checkpointed run had drawn
-                if next(it, None) is None:
-                    raise ValueError(f"train_dl has fewer than the {skip} batches per epoch the checkpoint had drawn; resume with the same data.")
-            if skip: self._set_rng_state(now)
-            self.batch_idx, skip = skip, 0
-            for batch in it:
-                self.batch_idx += 1
-                yield self.epoch, self.batch_idx - 1, batch
-            if self.batch_idx == 0: raise ValueError("train_dl yielded no batches; check the dataset and batch_size (and drop_last).")
-            self.epoch, self.batch_idx = self.epoch + 1, 0
+@patch_to(Learner)
+def _set_rng_state(self, state: dict):
+    set_rng_state(state["global"])
+    gens = _loader_generators(self.train_dl)
+    if len(gens) != len(state["loader"]):
+        raise ValueError(f"train_dl has {len(gens)} random generator(s), the checkpoint saved {len(state['loader'])}; "
+                         f"resume with a DataLoader built the same way.")
+    for g, s in zip(gens, state["loader"]): g.set_state(s)
 
-    def fit(self, until: int | None = None) -> Learner:
-        "Train to `config.steps` updates, or stop after `until` (continue later, even in a new process, with `load`)."
-        cfg = self.config
-        stop = cfg.steps if until is None else check_int(until, "until", min_value=1)
-        if stop > cfg.steps:
-            raise ValueError(f"until={stop} is beyond steps={cfg.steps}, where the learning-rate schedule ends; "
-                             f"build the Learner with steps={stop} for a longer run.")
-        if stop < self.step: raise ValueError(f"until={stop}, but this Learner has already done {self.step} updates.")
-        self.stop_step, self.error = stop, None
-        self.model.train()
-        stream = self._stream()
-        self._run("before_fit")
-        try:
-            while self.step < stop:
-                self._one_step([(e, i, to_device(b, self.device)) for e, i, b in (next(stream) for _ in range(cfg.accumulate))])
-                self._run("after_step")
-                for k, v in self.metrics.items():
-                    s, c = self._running.get(k, (0.0, 0)); self._running[k] = (s + v, c + 1)
-                end = self.step == cfg.steps  # (not `until`: a stop you resume from must not add rows an unbroken run lacks)
-                if end or self.step % cfg.log_every == 0: self._log_train()
-                if self.valid_dl is not None and (end or (cfg.valid_every and self.step % cfg.valid_every == 0)): self.validate()
-                if self.out is not None and (self.step == stop or (cfg.save_every and self.step % cfg.save_every == 0)):
-                    self._save_checkpoint()
-        except CancelFit:
-            if self.out is not None and self._saved_step != self.step: self._save_checkpoint()
-        except KeyboardInterrupt as e:   # Ctrl-C: keep the updates done so far, so that a resume continues from here
-            self.error = e
-            if self.out is not None and self.step > 0 and self._saved_step != self.step: self._save_checkpoint()
-            raise
-        except BaseException as e:
-            self.error = e
-            raise
-        finally:
-            stream.close()
-            self._run("after_fit")
-        return self
+@patch_to(Learner)
+def _stream(self):
+    "(epoch, index, batch) forever; after a resume, replays the interrupted epoch's order and skips what was done."
+    skip = self.batch_idx
+    while True:
+        if skip: now = self._rng_state(); self._set_rng_state(self._epoch_rng)
+        else: self._epoch_rng = self._rng_state()  # the state that decides this epoch's order
+        sampler = getattr(self.train_dl, "sampler", None)
+        if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)
+        it = iter(self.train_dl)
+        for _ in range(skip):  # replay (load and drop) the batches the checkpointed run had drawn
+            if next(it, None) is None:
+                raise ValueError(f"train_dl has fewer than the {skip} batches per epoch the checkpoint had drawn; resume with the same data.")
+        if skip: self._set_rng_state(now)
+        self.batch_idx, skip = skip, 0
+        for batch in it:
+            self.batch_idx += 1
+            yield self.epoch, self.batch_idx - 1, batch
+        if self.batch_idx == 0: raise ValueError("train_dl yielded no batches; check the dataset and batch_size (and drop_last).")
+        self.epoch, self.batch_idx = self.epoch + 1, 0
 
-    def _log_train(self):
-        means = {k: s / c for k, (s, c) in self._running.items()}
-        if self.world_size > 1 and means:  # the mean over every process's batches, not process 0's alone
-            t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.device)
-            dist.all_reduce(t); means = dict(zip(means, (t / self.world_size).tolist()))
-        row = {"step": self.step, "epoch": self.epoch, **means}
-        self._running = {}
-        self._append(row)
+# %% ../nbs/04e_learner.ipynb #dfcab772
+@patch_to(Learner)
+def _append(self, row: dict):
+    self.history.append(row); self.last_row = row
+    self._run("after_log")
 
-    def _append(self, row: dict):
-        self.history.append(row); self.last_row = row
-        self._run("after_log")
+@patch_to(Learner)
+@torch.no_grad()
+def validate(self, dl=None) -> dict[str, float]:
+    "Mean of every loss over `dl` (default: valid_dl) with the live weights, and the EMA's if any; logged as a row."
+    dl = self.valid_dl if dl is None else dl
+    if dl is None: raise ValueError("no validation data: pass valid_dl to the Learner, or dl=... to validate.")
+    row, was_training, state = {"step": self.step, "epoch": self.epoch}, self.model.training, rng_state()
+    self.model.eval()
+    try:
+        row.update(self._evaluate(dl, "valid_"))
+        if self.ema is not None:
+            with self.ema.swapped(): row.update(self._evaluate(dl, "valid_ema_"))
+    finally:
+        self.model.train(was_training); set_rng_state(state)  # validating never changes the training run
+    self._append(row)
+    return row
 
-    @torch.no_grad()
-    def validate(self, dl=None) -> dict[str, float]:
-        "Mean of every loss over `dl` (default: valid_dl) with the live weights, and the EMA's if any; logged as a row."
-        dl = self.valid_dl if dl is None else dl
-        if dl is None: raise ValueError("no validation data: pass valid_dl to the Learner, or dl=... to validate.")
-        row, was_training, state = {"step": self.step, "epoch": self.epoch}, self.model.training, rng_state()
-        self.model.eval()
-        try:
-            row.update(self._evaluate(dl, "valid_"))
-            if self.ema is not None:
-                with self.ema.swapped(): row.update(self._evaluate(dl, "valid_ema_"))
-        finally:
-            self.model.train(was_training); set_rng_state(state)  # validating never changes the training run
-        self._append(row)
-        return row
+@patch_to(Learner)
+def _evaluate(self, dl, prefix: str) -> dict[str, float]:
+    sums, n = {}, 0
+    for batch in dl:
+        batch = to_device(batch, self.device)
+        for name, ph in self.phases.items():
+            if self.step < ph.start: continue
+            for k, v in self._losses(name, batch).items():
+                key = prefix + self._key(name, k); sums[key] = sums.get(key, 0.0) + v.detach().float().to(self.device)
+        n += 1
+    if n == 0: raise ValueError("the validation data yielded no batches.")
+    keys = list(sums)
+    totals = torch.stack([sums[k].reshape(()) for k in keys] + [torch.tensor(float(n), device=self.device)])
+    if self.world_size > 1: dist.all_reduce(totals)  # the mean over every process's batches
+    return {k: float(v / totals[-1]) for k, v in zip(keys, totals[:-1])}
 
-    def _evaluate(self, dl, prefix: str) -> dict[str, float]:
-        sums, n = {}, 0
-        for batch in dl:
-            batch = to_device(batch, self.device)
-            for name, ph in self.phases.items():
-                if self.step < ph.start: continue
-                for k, v in self._losses(name, batch).items():
-                    key = prefix + self._key(name, k); sums[key] = sums.get(key, 0.0) + v.detach().float().to(self.device)
-            n += 1
-        if n == 0: raise ValueError("the validation data yielded no batches.")
-        keys = list(sums)
-        totals = torch.stack([sums[k].reshape(()) for k in keys] + [torch.tensor(float(n), device=self.device)])
-        if self.world_size > 1: dist.all_reduce(totals)  # the mean over every process's batches
-        return {k: float(v / totals[-1]) for k, v in zip(keys, totals[:-1])}
+# %% ../nbs/04e_learner.ipynb #c89e8d3e
+@patch_to(Learner)
+def fit(self, until: int | None = None) -> Learner:
+    "Train to `config.steps` updates, or stop after `until` (continue later, even in a new process, with `load`)."
+    cfg = self.config
+    stop = cfg.steps if until is None else check_int(until, "until", min_value=1)
+    if stop > cfg.steps:
+        raise ValueError(f"until={stop} is beyond steps={cfg.steps}, where the learning-rate schedule ends; "
+                         f"build the Learner with steps={stop} for a longer run.")
+    if stop < self.step: raise ValueError(f"until={stop}, but this Learner has already done {self.step} updates.")
+    self.stop_step, self.error = stop, None
+    self.model.train()
+    stream = self._stream()
+    self._run("before_fit")
+    try:
+        while self.step < stop:
+            self._one_step([(e, i, to_device(b, self.device)) for e, i, b in (next(stream) for _ in range(cfg.accumulate))])
+            self._run("after_step")
+            for k, v in self.metrics.items():
+                s, c = self._running.get(k, (0.0, 0)); self._running[k] = (s + v, c + 1)
+            end = self.step == cfg.steps  # (not `until`: a stop you resume from must not add rows an unbroken run lacks)
+            if end or self.step % cfg.log_every == 0: self._log_train()
+            if self.valid_dl is not None and (end or (cfg.valid_every and self.step % cfg.valid_every == 0)): self.validate()
+            if self.out is not None and (self.step == stop or (cfg.save_every and self.step % cfg.save_every == 0)):
+                self._save_checkpoint()
+    except CancelFit:
+        if self.out is not None and self._saved_step != self.step: self._save_checkpoint()
+    except KeyboardInterrupt as e:   # Ctrl-C: keep the updates done so far, so that a resume continues from here
+        self.error = e
+        if self.out is not None and self.step > 0 and self._saved_step != self.step: self._save_checkpoint()
+        raise
+    except BaseException as e:
+        self.error = e
+        raise
+    finally:
+        stream.close()
+        self._run("after_fit")
+    return self
 
-    def save(self, path: str | os.PathLike) -> Path:
-        "Write a resumable checkpoint folder at `path` (see `save_checkpoint`)."
-        return save_checkpoint(self, path)
+@patch_to(Learner)
+def _log_train(self):
+    means = {k: s / c for k, (s, c) in self._running.items()}
+    if self.world_size > 1 and means:  # the mean over every process's batches, not process 0's alone
+        t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t); means = dict(zip(means, (t / self.world_size).tolist()))
+    row = {"step": self.step, "epoch": self.epoch, **means}
+    self._running = {}
+    self._append(row)
 
-    def load(self, path: str | os.PathLike, strict: bool = True) -> Learner:
-        "Continue from a checkpoint folder, or the newest one in a run folder (see `load_checkpoint`)."
-        load_checkpoint(self, path, strict=strict)
-        return self
-
-    def _save_checkpoint(self):
-        folder = self.out / "checkpoints"
-        self.save(folder / f"step_{self.step:08d}")
-        self._saved_step = self.step
-        if self.rank == 0: prune_checkpoints(folder, self.config.keep)
 
 # %% ../nbs/04e_learner.ipynb #f1dd8dca
 def _stateful_callbacks(learn: Learner) -> dict[str, Callback]:
@@ -300,6 +303,25 @@ def save_checkpoint(learn: Learner, path: str | os.PathLike) -> Path:
                  phases=list(learn.phases), callbacks=cb_state, history=learn.history, running=learn._running,
                  world_size=learn.world_size)
     return write_checkpoint(path, weights, state)
+
+# %% ../nbs/04e_learner.ipynb #9a099b28
+@patch_to(Learner)
+def save(self, path: str | os.PathLike) -> Path:
+    "Write a resumable checkpoint folder at `path` (see `save_checkpoint`)."
+    return save_checkpoint(self, path)
+
+@patch_to(Learner)
+def load(self, path: str | os.PathLike, strict: bool = True) -> Learner:
+    "Continue from a checkpoint folder, or the newest one in a run folder (see `load_checkpoint`)."
+    load_checkpoint(self, path, strict=strict)
+    return self
+
+@patch_to(Learner)
+def _save_checkpoint(self):
+    folder = self.out / "checkpoints"
+    self.save(folder / f"step_{self.step:08d}")
+    self._saved_step = self.step
+    if self.rank == 0: prune_checkpoints(folder, self.config.keep)
 
 # %% ../nbs/04e_learner.ipynb #ea396bd4
 def _flat(d, prefix=""):
