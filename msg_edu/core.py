@@ -25,8 +25,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
-           'check_number', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'patch_to', 'n_params',
-           'fmt_count', 'markdown_table', 'moved_names']
+           'check_number', 'few', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'patch_to',
+           'n_params', 'fmt_count', 'markdown_table', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -125,6 +125,11 @@ def check_number(value, name: str, lo: float = -math.inf, hi: float = math.inf, 
                ([f"{'<' if hi_open else '<='} {hi:g}"] if hi < math.inf else [])
         raise MsgEduError(f"`{name}` must be a finite number{' ' + ' and '.join(want) if want else ''}, got {value!r}.")
     return v
+
+def few(xs, n: int = 5) -> list:
+    "At most `n` items of `xs`, then how many more: a long list in an error message, kept short."
+    xs = list(xs)
+    return xs[:n] + [f"... {len(xs) - n} more"] if len(xs) > n else xs
 
 # %% ../nbs/00_core.ipynb #e07cee7a
 @contextmanager

@@ -21,8 +21,8 @@ from torch import nn
 
 from .audio import resample
 from .checkpoint import check_run_folder
-from .core import Config, Recipe, atomic_write, check_int, check_tensor, seed_everything
-from .pretrained import Pretrained
+from .core import Config, Recipe, atomic_write, check_int, check_tensor, few, seed_everything
+from .pretrained import Pretrained, check_state_dict
 from .data import DataError, SlakhIndex, check_dataset_root, is_silent
 from .distributed import make_loader
 from .learner import Learner
@@ -129,10 +129,6 @@ class VGGish(Embedder):
         ex = vggish_examples(wave)                              # (B, W, 96, 64)
         return self.forward(ex.reshape(-1, 1, VGGISH_PATCH, VGGISH_MELS)).reshape(*ex.shape[:2], -1)
 
-def _few(keys, n: int = 8) -> str:
-    keys = list(keys)
-    return str(keys[:n] + ([f"... {len(keys) - n} more"] if len(keys) > n else []))
-
 def load_vggish(path: str | os.PathLike, activation: bool = False, device=None) -> VGGish:
     "VGGish with the torchvggish weights in `path` (a file you downloaded; this never downloads), read safely."
     path = Path(path)
@@ -152,13 +148,8 @@ def load_vggish(path: str | os.PathLike, activation: bool = False, device=None) 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; pass torchvggish's weights file.")
     state = {k: v for k, v in state.items() if not k.startswith("pproc.")}     # the PCA post-processor: FAD does not use it
-    missing, unexpected = sorted(set(VGGISH_SHAPES) - set(state)), sorted(set(state) - set(VGGISH_SHAPES))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs {VGGISH_SHAPES[k]}" for k in VGGISH_SHAPES
-              if k in state and tuple(state[k].shape) != VGGISH_SHAPES[k]]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{path} does not hold torchvggish's VGGish weights: missing keys {_few(missing)}, unexpected "
-                         f"keys {_few(unexpected)}, shape mismatches {_few(shapes)}. The file's keys: {_few(sorted(state), 20)}; "
-                         f"expected: {list(VGGISH_SHAPES)}.")
+    check_state_dict(state, VGGISH_SHAPES, path, "torchvggish's VGGish",
+                     f"The file's keys: {few(sorted(state), 20)}; expected: {list(VGGISH_SHAPES)}.")
     model = VGGish(activation, device="meta")                   # no memory, no init: the file's tensors are assigned
     model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     return model.to(device or "cpu").eval()

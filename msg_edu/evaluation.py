@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .audio import load_audio
-from .core import atomic_write, check_int, markdown_table
+from .core import atomic_write, check_int, few, markdown_table
 from .data import MSDM_STEMS, SILENCE_THRESHOLD, DataError
-from .embedders import Embedder, InstrumentEmbedder, _few, load_vggish, train_embedder
+from .embedders import Embedder, InstrumentEmbedder, load_vggish, train_embedder
 from .mel import MelConfig, MelFrontend
 from .metrics import SI_SDR_EPS, ChunkedSISDRi, _check_pair, _log_mels, fad, mel_metrics, msdm_si_sdri
 
@@ -60,7 +60,7 @@ def find_songs(root: str | os.PathLike, what: str = "folder") -> dict[str, Path]
              if p.is_dir() and any(f.suffix.lower() in AUDIO_SUFFIXES for f in p.iterdir())}
     if not songs:
         loose = [f.name for f in root.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES]
-        hint = f" It holds audio files directly ({_few(loose, 3)}): put them in a song folder, {root}/song1/." if loose else ""
+        hint = f" It holds audio files directly ({few(loose, 3)}): put them in a song folder, {root}/song1/." if loose else ""
         raise DataError(f"{what} {root} holds no song folder with audio; expected {EVAL_LAYOUT}.{hint}")
     return songs
 
@@ -93,7 +93,7 @@ def evaluate_separation(pred, ref, *, stems: Sequence[str] | None = None, sr: in
     ref_songs, pred_songs = find_songs(ref, "--ref"), find_songs(pred, "--pred")
     lacking = sorted(set(ref_songs) - set(pred_songs))
     if lacking:
-        raise DataError(f"{len(lacking)} song(s) of {ref} have no folder in {pred}: {_few(lacking)}. Separate them too, "
+        raise DataError(f"{len(lacking)} song(s) of {ref} have no folder in {pred}: {few(lacking)}. Separate them too, "
                         f"or evaluate a reference folder without them.")
     sr = check_int(sr, "sr", min_value=1) if sr is not None else _file_rate(ref_songs)
     counts = collections.Counter(songs=len(ref_songs), ignored_pred_songs=len(set(pred_songs) - set(ref_songs)))

@@ -21,7 +21,8 @@ from .callbacks import (
     CSVLogger, Callback, CancelFit, EMA, GradClip, NaNGuard, NonFiniteLossError, ProgressBar, TensorBoardLogger)
 from .checkpoint import (
     _loader_generators, find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, set_rng_state, write_checkpoint)
-from .core import Config, MsgEduError, check_int, patch_to
+from .core import Config, MsgEduError, check_int, few, patch_to
+from .pretrained import state_dict_problems
 from .distributed import _LossRunner, _check_loader, _resolve_precision, _tensors, _train_device, init_distributed, to_device
 from .optim import _FREE_KEYS, TrainConfig, _as_losses, _as_phases, _phase_params, lr_factor
 
@@ -345,13 +346,10 @@ def _mismatches(learn: Learner, weights: dict, state: dict, strict: bool) -> lis
     if diff: problems.append("model config differs in " + "; ".join(diff))
     saved = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
     expected = learn.model.state_dict()
-    def few(xs): return xs[:6] + [f"... {len(xs) - 6} more"] if len(xs) > 6 else xs
-    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(saved) & set(expected))
-              if saved[k].shape != expected[k].shape]
-    if missing: problems.append(f"weights the model has but the checkpoint lacks: {few(missing)}")
-    if unexpected: problems.append(f"weights in the checkpoint the model lacks: {few(unexpected)}")
-    if shapes: problems.append(f"weights of another shape (checkpoint vs now): {few(shapes)}")
+    sd = state_dict_problems(saved, expected)
+    if sd["missing"]: problems.append(f"weights the model has but the checkpoint lacks: {few(sd['missing'], 6)}")
+    if sd["unexpected"]: problems.append(f"weights in the checkpoint the model lacks: {few(sd['unexpected'], 6)}")
+    if sd["shapes"]: problems.append(f"weights of another shape (checkpoint vs now): {few(sd['shapes'], 6)}")
     if list(state["phases"]) != list(learn.phases):
         problems.append(f"phases: checkpoint {list(state['phases'])}, now {list(learn.phases)}")
     if strict:

@@ -245,6 +245,6 @@ def fad(emb_a, emb_b) -> float:
 _MOVED, __getattr__ = moved_names("metrics", {"embedders": ("Embedder", "VGGish", "VGGISH_SR", "VGGISH_WINDOW", "VGGISH_HOP", "VGGISH_FFT", "VGGISH_MELS",
                         "VGGISH_PATCH", "VGGISH_URL", "VGGISH_SHAPES", "vggish_mel_matrix", "vggish_examples", "load_vggish",
                         "EmbedderConfig", "InstrumentEmbedder", "EmbedderTraining", "EmbedderData", "embedder_loss",
-                        "evaluate_embedder", "train_embedder", "_few"),
+                        "evaluate_embedder", "train_embedder"),
           "evaluation": ("sub_fad", "AUDIO_SUFFIXES", "EVAL_LAYOUT", "find_songs", "read_song", "evaluate_separation",
                          "evaluate_generation", "format_table", "load_embedder", "evaluate_dirs")})

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import _CONFIG_TYPES, Config, MsgEduError, atomic_write
+from .core import _CONFIG_TYPES, Config, MsgEduError, atomic_write, few
 
 # %% auto #0
-__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'save_pretrained', 'load_config', 'check_state_dict', 'from_pretrained', 'Pretrained',
-           'read_json', 'read_weights', 'read_checkpoint', 'checkpoint_kind']
+__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'save_pretrained', 'load_config', 'state_dict_problems', 'check_state_dict',
+           'from_pretrained', 'Pretrained', 'read_json', 'read_weights', 'read_checkpoint', 'checkpoint_kind']
 
 # %% ../nbs/00b_pretrained.ipynb #7ba296ec
 from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors
@@ -56,15 +56,19 @@ def load_config(directory: str | os.PathLike) -> tuple[dict, Config]:
     except (TypeError, ValueError) as e: raise MsgEduError(f"{path}: its config does not build ({e}) {fix}") from e
 
 # %% ../nbs/00b_pretrained.ipynb #c0a1b2c4
+def state_dict_problems(state: dict, expected: dict) -> dict[str, list[str]]:
+    "What keeps `state` from loading into a model whose names map to `expected` (tensors or shapes): missing, unexpected, shapes."
+    def shape(v): return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+    common = sorted(set(state) & set(expected))
+    return {"missing": sorted(set(expected) - set(state)), "unexpected": sorted(set(state) - set(expected)),
+            "shapes": [f"{k} {shape(state[k])} vs {shape(expected[k])}" for k in common if shape(state[k]) != shape(expected[k])]}
+
 def check_state_dict(state: dict, expected: dict, source, model: str, hint: str = "") -> None:
     "Raise a ValueError naming `source` unless `state` has exactly the tensor names and shapes of `expected`."
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        def few(xs): return (xs[:5] + [f"... {len(xs) - 5} more"]) if len(xs) > 5 else xs
-        raise MsgEduError(f"the weights in {source} do not fit {model}: missing {few(missing)}, unexpected {few(unexpected)}, "
-                          f"shape mismatches {few(shapes)}." + (f" {hint}" if hint else ""))
+    p = state_dict_problems(state, expected)
+    if any(p.values()):
+        raise MsgEduError(f"the weights in {source} do not fit {model}: missing {few(p['missing'])}, unexpected "
+                          f"{few(p['unexpected'])}, shape mismatches (file vs model) {few(p['shapes'])}." + (f" {hint}" if hint else ""))
 
 def from_pretrained(cls: type, directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     "Rebuild `cls(config)` from `directory` and load its weights (checked against the model's shapes)."

@@ -246,10 +246,10 @@ def test_vggish_loader_round_trip_and_refusals(tmp_path):
     assert torch.equal(load_vggish(tmp_path / "full.pth").embed(clip, SR), emb)   # torchvggish's PCA parameters are ignored
     renamed = {("embeddings.4.w" if k == "embeddings.4.weight" else k): v for k, v in public.items()}
     torch.save(renamed, tmp_path / "renamed.pth")
-    with pytest.raises(ValueError, match=r"missing keys \['embeddings.4.weight'\], unexpected keys \['embeddings.4.w'\]"):
+    with pytest.raises(ValueError, match=r"missing \['embeddings.4.weight'\], unexpected \['embeddings.4.w'\]"):
         load_vggish(tmp_path / "renamed.pth")
     torch.save({**public, "features.0.weight": torch.zeros(32, 1, 3, 3)}, tmp_path / "shape.pth")
-    with pytest.raises(ValueError, match=r"features.0.weight: file \(32, 1, 3, 3\) vs \(64, 1, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"features.0.weight \(32, 1, 3, 3\) vs \(64, 1, 3, 3\)"):
         load_vggish(tmp_path / "shape.pth")
     torch.save({"features.0.weight": os.system}, tmp_path / "code.pth")   # unpickling it would import os.system
     with pytest.raises(ValueError, match="not a plain PyTorch state dict"): load_vggish(tmp_path / "code.pth")

@@ -147,7 +147,7 @@ def test_missing_extra_and_misshapen_keys_are_listed(tmp_path):
     with pytest.raises(ValueError) as e: load_public(bad, TINY)
     msg = str(e.value)
     assert "missing ['conv_pre.bias', 'ups.2.weight_v']" in msg and "unexpected ['resblocks.99.convs.0.bias']" in msg
-    with pytest.raises(ValueError, match=r"shape mismatches \[.*'conv_pre.bias: file \(64,\) vs model \(1024,\)'"):
+    with pytest.raises(ValueError, match=r"shape mismatches \(file vs model\) \[.*'conv_pre.bias \(64,\) vs \(1024,\)'"):
         load_public(state, HiFiGANConfig(resblock="2", resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),)))
 
 
