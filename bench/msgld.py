@@ -29,7 +29,7 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msg_edu.msgld import MSGLD, evaluate_separation, train_msgld  # noqa: E402
+from msg_edu.msgld import MSGLD, evaluate_msgld, train_msgld  # noqa: E402
 from msg_edu.toyslakh import ToySlakhConfig, make_toy_slakh  # noqa: E402
 
 torch.set_num_threads(args.threads)
@@ -50,8 +50,8 @@ rows = {}
 for name, sampler, steps, eta in (("DDIM 200, eta 1 (paper)", "ddim", 200, 1.0), ("DPM-Solver++(2M) 25", "dpmpp_2m", 25, 0.0)):
     pipe.diffusion = pipe.diffusion.replace(eta=eta)
     t0 = time.perf_counter()
-    rows[name] = evaluate_separation(pipe, data, "test", guidance_w=1.0, sampler=sampler, steps=steps, cache_dir=cache,
-                                     max_tracks=args.max_tracks)
+    rows[name] = evaluate_msgld(pipe, data, "test", guidance_w=1.0, sampler=sampler, steps=steps, cache_dir=cache,
+                                max_tracks=args.max_tracks)
     rows[name]["seconds"] = time.perf_counter() - t0
 stems = rows[name]["stems"]
 mean = lambda d: float(np.mean([d[s] for s in stems]))

@@ -23,7 +23,7 @@ from .datasets import StemsDataset
 from .learner import _step_of, find_checkpoint, has_checkpoint
 from .mel import MelConfig, MelFrontend, magnitude, mel_to_wave, spectral_convergence, stft
 from .mgeldm import MGELDM, MGELDMTraining, evaluate_extraction, extract_file, train_mgeldm
-from .msgld import MSGLD, MSGLDTraining, evaluate_separation, generate_files, separate_file, train_msgld
+from .msgld import MSGLD, MSGLDTraining, evaluate_msgld, generate_files, separate_file, train_msgld
 from .scoring import mask_ceilings, onset_agreement
 from .toyslakh import ToySlakhConfig, make_toy_slakh
 from .vae_training import VAETraining, train_vae
@@ -178,7 +178,7 @@ def _test_songs(data: Path, cache: Path, stems, n: int) -> tuple[SlakhIndex, lis
 def separation_stage(out: Path, data: Path, cache: Path, models: Path, plan: DemoPlan, seed: int) -> dict:
     "Score separation on the test split, and write two separated songs with their references and a picture each."
     pipe = MSGLD.from_pretrained(models/"msgld"/"model")
-    report = evaluate_separation(pipe, data, "test", seed=seed, cache_dir=cache)
+    report = evaluate_msgld(pipe, data, "test", seed=seed, cache_dir=cache)
     ceilings = mask_ceilings(data, "test", vae=pipe.vae, multiple=pipe.vae.config.down, stems=pipe.stems, cache_dir=cache)
     report["ceilings"] = {k: v["si_sdri"] for k, v in ceilings.items()}   # where the decibels go: oracle, VAE, then the model
     index, tracks = _test_songs(data, cache, list(pipe.stems), plan.n_separate)

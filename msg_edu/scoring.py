@@ -29,34 +29,42 @@ __all__ = ['score_separator', 'mask_ceilings', 'separation_table', 'onset_streng
 @torch.no_grad()
 def score_separator(estimate, data, split: str = "test", *, stems=MSDM_STEMS, segment_seconds: float = 2.56, sr: int = 16000,
                     max_tracks: int | None = None, cache_dir=None, device=None) -> dict:
-    "MSDM's protocol for any separator `estimate(mix (K, 1, L), stems (K, S, L)) -> (K, S, L)`: whole tracks in segments; Log-Mel L1 and SI-SDRi per stem."
+    "MSDM's protocol for any separator `estimate(mix (K, 1, L), stems (K, S, L)) -> (K, S, L)`: whole tracks in segments; Log-Mel L1 and SI-SDRi per stem. A dict {name: estimate} scores several in one pass over the data: {name: report}."
+    named = estimate if isinstance(estimate, dict) else {"": estimate}
+    if not named or not all(callable(f) for f in named.values()):
+        raise TypeError("estimate must be a function (mix, stems) -> stems, or a non-empty dict of them by name.")
     index = SlakhIndex(data, split, stems=list(stems), missing="zero", cache_dir=cache_dir)
     tracks = index.tracks[:max_tracks] if max_tracks else index.tracks
     L, S, front = int(round(segment_seconds * sr)), len(index.classes), MelFrontend().to(get_device(device))
-    l1, mix_l1, frames, results, n_seg, scored = torch.zeros(S), torch.zeros(S), 0, [], 0, 0
+    l1, results = {k: torch.zeros(S) for k in named}, {k: [] for k in named}
+    mix_l1, frames, n_seg, scored = torch.zeros(S), 0, 0, 0
     for track in tracks:
         ref = torch.from_numpy(np.stack([index.load(track, c) for c in index.classes]))       # (S, N), zeros where missing
         mix, N = ref.sum(0), ref.shape[-1]                                                      # MSDM: the unclipped sum
         if N < sr // 4 or bool(is_silent(mix)): continue
         segs = torch.nn.functional.pad(ref, (0, (-N) % L)).reshape(S, -1, L).transpose(0, 1)   # (K, S, L), last one padded
         sounding = ~is_silent(segs.sum(1)).reshape(-1)
-        est = torch.zeros_like(segs)                                                            # silent segments stay silent
-        est[sounding] = estimate(segs[sounding].sum(1, keepdim=True).to(front.mel_t.device),
-                                 segs[sounding].to(front.mel_t.device)).float().cpu()
-        est = est.transpose(0, 1).reshape(S, -1)[:, :N]
-        ref_mel, est_mel, mix_mel = (front(x.to(front.mel_t.device)).cpu() for x in (ref, est, mix[None]))
-        l1 += (est_mel - ref_mel).abs().mean(-1).sum(-1); mix_l1 += (mix_mel - ref_mel).abs().mean(-1).sum(-1)
+        ref_mel, mix_mel = (front(x.to(front.mel_t.device)).cpu() for x in (ref, mix[None]))
+        mix_l1 += (mix_mel - ref_mel).abs().mean(-1).sum(-1)
         frames, n_seg, scored = frames + ref_mel.shape[-2], n_seg + len(segs), scored + 1
-        if N > 2 * sr:                                        # MSDM's 4 s chunks need a few seconds of audio
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                results.append(msdm_si_sdri(est, ref, mix, sr=sr, stems=list(stems), song=track.name))
+        for name, f in named.items():
+            est = torch.zeros_like(segs)                                                        # silent segments stay silent
+            est[sounding] = f(segs[sounding].sum(1, keepdim=True).to(front.mel_t.device), segs[sounding].to(front.mel_t.device)).float().cpu()
+            est = est.transpose(0, 1).reshape(S, -1)[:, :N]
+            l1[name] += (front(est.to(front.mel_t.device)).cpu() - ref_mel).abs().mean(-1).sum(-1)
+            if N > 2 * sr:                                    # MSDM's 4 s chunks need a few seconds of audio
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    results[name].append(msdm_si_sdri(est, ref, mix, sr=sr, stems=list(stems), song=track.name))
     if not frames: raise DataError(f"no sounding track to separate in {split} of {data}.")
-    sdri = ChunkedSISDRi.combine(results).mean() if results else {s: float("nan") for s in (*stems, "All")}
-    return {"stems": list(stems), "log_mel_l1": dict(zip(stems, (l1 / frames).tolist())),
-            "mix_log_mel_l1": dict(zip(stems, (mix_l1 / frames).tolist())), "si_sdri": sdri, "segments": n_seg,
-            "tracks": scored, "zero_filled": index.counts.get("zero-filled (missing a requested stem)", 0),
-            "segment_seconds": L / sr}
+    def report(name):
+        sdri = ChunkedSISDRi.combine(results[name]).mean() if results[name] else {s: float("nan") for s in (*stems, "All")}
+        return {"stems": list(stems), "log_mel_l1": dict(zip(stems, (l1[name] / frames).tolist())),
+                "mix_log_mel_l1": dict(zip(stems, (mix_l1 / frames).tolist())), "si_sdri": sdri, "segments": n_seg,
+                "tracks": scored, "zero_filled": index.counts.get("zero-filled (missing a requested stem)", 0),
+                "segment_seconds": L / sr}
+    return {k: report(k) for k in named} if isinstance(estimate, dict) else report("")
+
 
 # %% ../nbs/09e_scoring.ipynb #e7d0c2b2
 @torch.no_grad()
@@ -65,20 +73,19 @@ def mask_ceilings(data, split: str = "test", *, vae: AutoencoderKL | None = None
     "Where the decibels go: the true stem mels as masks (any mask-based separator's ceiling) and, with a `vae`, through it (a latent one's)."
     front = MelFrontend()
     def oracle(mix, ref): return mixture_consistent(front(ref), mix)
-    out = {"oracle": score_separator(oracle, data, split, stems=stems, segment_seconds=segment_seconds,
-                                     max_tracks=max_tracks, cache_dir=cache_dir)}
+    estimators = {"oracle": oracle}
     if vae is not None:
         vae = vae.cpu().eval()
         def through_vae(mix, ref):
             mel = front(ref)
             return mixture_consistent(restore_frames(vae.decode_latent(vae.encode_latent(fit_frames(mel, multiple))),
                                                      mel.shape[-2]), mix)
-        out["vae"] = score_separator(through_vae, data, split, stems=stems, segment_seconds=segment_seconds,
-                                     max_tracks=max_tracks, cache_dir=cache_dir)
-    return out
+        estimators["vae"] = through_vae
+    return score_separator(estimators, data, split, stems=stems, segment_seconds=segment_seconds, max_tracks=max_tracks,
+                           cache_dir=cache_dir)                  # one pass over the data for both ceilings
 
 def separation_table(report: dict) -> str:
-    "A markdown table of an `evaluate_separation` report: one row per stem and the mean."
+    "A markdown table of a `score_separator` report: one row per stem and the mean."
     rows = [[s, f"{report['log_mel_l1'][s]:.3f}", f"{report['mix_log_mel_l1'][s]:.3f}", f"{report['si_sdri'][s]:.2f}"]
             for s in report["stems"]]
     mean = lambda d: float(np.mean([d[s] for s in report["stems"]]))

@@ -180,10 +180,10 @@ def test_tdpaint_arrangement_with_the_track_axis_unet():
         torch.testing.assert_close(out["stems"][0, 2:], known[0, 2:])
 
 
-def test_evaluate_separation_follows_msdms_protocol(toy, cache):
+def test_evaluate_msgld_follows_msdms_protocol(toy, cache):
     "Whole tracks, missing stems zero-filled (not dropped), the unclipped sum as mixture, the model's own segments."
     from msg_edu.data import SlakhIndex
-    from msg_edu.msgld import Separation, evaluate_separation
+    from msg_edu.msgld import Separation, evaluate_msgld
     torch.manual_seed(0)
     pipe = MSGLD(AutoencoderKL(VAEConfig.preset("tiny")), MultiTrackUNet(UNetConfig.preset("tiny")),
                  DiffusionConfig.preset("tiny", steps=2), segment_seconds=1.28)
@@ -192,7 +192,10 @@ def test_evaluate_separation_follows_msdms_protocol(toy, cache):
         seen.append(mix.shape)
         return Separation(mix.expand(-1, 4, -1).clone(), None, None, [])
     pipe.separate = mixture_as_estimate
-    r = evaluate_separation(pipe, toy, "test", cache_dir=cache)
+    r = evaluate_msgld(pipe, toy, "test", cache_dir=cache)
+    from msg_edu.msgld import evaluate_separation           # the old name: warns, then does the same
+    with pytest.warns(DeprecationWarning, match="evaluate_msgld"), pytest.raises(TypeError, match="must be an MSGLD"):
+        evaluate_separation("not a pipeline", toy)
     index = SlakhIndex(toy, "test", stems=list(pipe.stems), missing="zero", cache_dir=cache)
     assert r["tracks"] == len(index.tracks) and r["zero_filled"] == index.counts["zero-filled (missing a requested stem)"]
     assert r["segment_seconds"] == 1.28 and all(s[-1] == int(1.28 * 16000) for s in seen)
