@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --no-input -q
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test demo lab bench readme docs clean
+.PHONY: install test demo lab bench readme docs outputs clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,12 @@ docs: install
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	$(PY) .ci/docs.py build --out _docs
 	$(PY) .ci/docs.py check --out _docs --screenshots _docs/screenshots
+
+# The outputs committed with the notebooks (what a reader sees on GitHub): every chapter executed in its tiny preset,
+# plots kept as small PNGs, audio players, widgets and long logs left out; `make test` holds each notebook to 300 kB.
+outputs: install
+	$(PY) .ci/docs.py outputs
+	$(VENV)/bin/nbdev_clean
 
 # README.md is generated from nbs/index.ipynb (Quarto, nbdev's usual route, is not available here).
 readme: install

@@ -4,6 +4,7 @@ checked in headless Chromium (no console errors, every image and audio player re
 
     python .ci/docs.py build [--out _docs] [--jobs 2]
     python .ci/docs.py check [--out _docs] [--screenshots DIR]
+    python .ci/docs.py outputs [--jobs 2] [--glob "0*.ipynb"]   # the same execution, its outputs kept in nbs/ (small PNGs, no audio, short logs)
 """
 from __future__ import annotations
 
@@ -63,6 +64,73 @@ def execute(src: Path, dest: Path) -> None:
     try: CaptureShell(src, mpl_format="png").run_all(nb, exc_stop=True, preproc=_skipped)
     finally: os.chdir(cwd)
     write_nb(nb, dest)
+
+
+MAX_LINES, MAX_WIDTH, MAX_HTML = 30, 900, 20_000   # what a committed notebook keeps of a cell's output
+
+
+def _small_png(b64: str) -> str:
+    "A plot as a small PNG: at most MAX_WIDTH pixels wide, 128 colours (plots have few); the original if that is no smaller."
+    import base64, io
+    from PIL import Image
+    im = Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+    if im.width > MAX_WIDTH: im = im.resize((MAX_WIDTH, round(im.height * MAX_WIDTH / im.width)), Image.LANCZOS)
+    buf = io.BytesIO(); im.quantize(128).save(buf, "PNG", optimize=True)
+    small = base64.b64encode(buf.getvalue()).decode()
+    return small if len(small) < len(b64) else b64
+
+
+def _short(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= MAX_LINES: return text
+    return "".join(lines[:20] + [f"... ({len(lines) - 28} lines left out; run the notebook for all of them)\n"] + lines[-8:])
+
+
+def slim_outputs(outputs: list) -> list:
+    "What a committed notebook keeps: plots as small PNGs, text and small tables, long logs shortened; no audio, no widgets."
+    kept = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            kept.append({**o, "text": _short("".join(o["text"]))}); continue
+        if o.get("output_type") not in ("display_data", "execute_result"): continue
+        data = dict(o.get("data", {}))
+        html_ = "".join(data.get("text/html", ""))
+        if "<audio" in html_ or "application/vnd.jupyter.widget-view+json" in data:
+            note = "[an audio player]" if "<audio" in html_ else "[an interactive widget]"
+            kept.append({"output_type": "display_data", "metadata": {},
+                         "data": {"text/plain": f"{note}: run the notebook, or open the course site (make docs)"}}); continue
+        if "image/png" in data:
+            data = {"image/png": _small_png("".join(data["image/png"]).replace("\n", "")), "text/plain": data.get("text/plain", "")}
+        elif html_ and len(html_) > MAX_HTML: data.pop("text/html")
+        if "text/plain" in data: data["text/plain"] = _short("".join(data["text/plain"]))
+        kept.append({**o, "data": data, "metadata": {}})
+    return kept
+
+
+def outputs(jobs: int, glob: str = "*.ipynb") -> None:
+    "Execute every chapter as `build` does and keep its slimmed outputs in nbs/ (then nbdev_clean normalises them)."
+    notebooks = sorted(NBS.glob(glob))
+    tmp = ROOT / "_docs" / "outputs"; shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    def run(nb: Path):
+        return nb, subprocess.run([sys.executable, __file__, "_execute", str(nb), str(tmp / nb.name)], capture_output=True,
+                                  text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    failed = []
+    with cf.ThreadPoolExecutor(jobs) as pool:
+        for nb, r in pool.map(run, notebooks):
+            if r.returncode: failed.append(nb.name); print(f"FAILED {nb.name}:\n{r.stderr[-3000:]}", file=sys.stderr); continue
+            src, done = json.loads(nb.read_text()), json.loads((tmp / nb.name).read_text())
+            for c, d in zip(src["cells"], done["cells"]):
+                if c["cell_type"] == "code": c["outputs"] = [] if _skipped_dict(c) else slim_outputs(d.get("outputs", []))
+            nb.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
+            kb = sum(len(json.dumps(c.get("outputs", []))) for c in src["cells"]) / 1000
+            print(f"{nb.name}: {kb:.0f} kB of outputs", flush=True)
+    shutil.rmtree(tmp)
+    if failed: raise SystemExit(f"{len(failed)} notebook(s) failed to execute: {failed}")
+
+
+def _skipped_dict(cell: dict) -> bool:
+    from types import SimpleNamespace
+    return _skipped(SimpleNamespace(cell_type=cell["cell_type"], source="".join(cell["source"])))
 
 
 def _title(nb: dict, name: str) -> str:
@@ -161,9 +229,11 @@ def check(out: Path, screenshots: Path | None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "_execute": execute(Path(sys.argv[2]), Path(sys.argv[3])); sys.exit(0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("build", "check"))
+    ap.add_argument("command", choices=("build", "check", "outputs"))
     ap.add_argument("--out", type=Path, default=ROOT / "_docs")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--screenshots", type=Path)
+    ap.add_argument("--glob", default="*.ipynb", help="outputs: which notebooks")
     a = ap.parse_args()
-    build(a.out, a.jobs) if a.command == "build" else check(a.out, a.screenshots)
+    if a.command == "outputs": outputs(a.jobs, a.glob)
+    else: build(a.out, a.jobs) if a.command == "build" else check(a.out, a.screenshots)

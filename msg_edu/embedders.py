@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import pickle
 import time
@@ -20,15 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import resample
-from .checkpoint import check_run_folder
-from .core import Config, Recipe, atomic_write, check_int, check_tensor, few, seed_everything
+from .core import Config, Recipe, check_int, check_tensor, few
 from .pretrained import Pretrained, check_state_dict
-from .data import DataError, SlakhIndex, check_dataset_root, is_silent
-from .distributed import make_loader
-from .learner import Learner
+from .data import DataError, SlakhIndex, is_silent
 from .mel import MelConfig, MelFrontend, frame, get_window, magnitude
 from .optim import Phase, TrainConfig
 from .vae_training import StemMels
+from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
 __all__ = ['VGGISH_SR', 'VGGISH_WINDOW', 'VGGISH_HOP', 'VGGISH_FFT', 'VGGISH_MELS', 'VGGISH_PATCH', 'VGGISH_URL', 'VGGISH_SHAPES',
@@ -340,12 +337,7 @@ def train_embedder(data: str | os.PathLike, out: str | os.PathLike, recipe: str 
                    resume: bool = False, device=None, progress: bool = True, cache_dir: str | os.PathLike | None = None,
                    seed: int = 0, cbs=()):
     "Train the offline FAD embedder on a Slakh-layout dataset and save it to `out`. Returns (model, learner, metrics)."
-    recipe = EmbedderTraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, EmbedderTraining):
-        raise TypeError(f"recipe must be a preset name or an EmbedderTraining, got {type(recipe).__name__}.")
-    out = check_run_folder(out, resume)
-    check_dataset_root(data)
-    seed_everything(seed)
+    recipe, out = begin_run(recipe, EmbedderTraining, out, data=data, resume=resume, seed=seed)
     t0 = time.perf_counter()
     wf = recipe.embedder.window_frames
     mels = {split: StemMels(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
@@ -360,18 +352,12 @@ def train_embedder(data: str | os.PathLike, out: str | os.PathLike, recipe: str 
     with torch.no_grad():                                       # input normalisation from the training mels
         first = torch.stack([train_set.mels[train_set.items[i][0]] for i in range(min(256, len(train_set)))])
         model.mel_mean.fill_(float(first.mean())); model.mel_std.fill_(float(first.std()))
-    train_dl = make_loader(train_set, min(recipe.batch_size, len(train_set)), seed=seed)
-    valid_dl = make_loader(valid_set, recipe.batch_size, shuffle=False, drop_last=False)
     loss = Phase(lambda m, b: embedder_loss(m, b, recipe.coherence_weight))
-    learn = Learner(model, train_dl, loss, valid_dl, recipe.train, out=out, device=device, progress=progress, cbs=cbs)
-    if resume: learn.load(out)
-    learn.fit()
+    learn = fit_model(model, train_set, valid_set, loss, recipe, out, resume=resume, device=device, progress=progress,
+                      seed=seed, cbs=cbs)
     model.eval()
     metrics = {"preset": recipe.to_dict(), "classes": list(classes), "steps": learn.step,
                "train_seconds": round(time.perf_counter() - t0, 1),
                "counts": {"train": dict(train_set.counts), "validation": dict(valid_set.counts)},
                "validation_left_out": valid_set.left_out, **evaluate_embedder(model, valid_set, seed=seed)}
-    if learn.rank == 0:
-        model.save_pretrained(out)
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return model, learn, metrics
+    return end_run(model, learn, metrics, out)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -21,16 +20,14 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from .callbacks import Callback, CancelFit
-from .checkpoint import check_run_folder
-from .core import Recipe, atomic_write, check_int, seed_everything
-from .data import SlakhIndex, check_dataset_root
+from .core import Recipe, check_int
+from .data import SlakhIndex
 from .datasets import SingleStems
-from .distributed import make_loader
 from .hifigan import LRELU_SLOPE, HiFiGAN, HiFiGANConfig, get_padding
-from .learner import Learner
 from .mel import MelFrontend
 from .optim import Phase, TrainConfig
 from .vocoder import GriffinLimVocoder, resynthesis_l1
+from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
 __all__ = ['PeriodDiscriminator', 'ScaleDiscriminator', 'MultiPeriodDiscriminator', 'MultiScaleDiscriminator',
@@ -256,29 +253,18 @@ class TimeBudget(Callback):
 def train_hifigan(data: str | os.PathLike, out: str | os.PathLike, recipe: str | HiFiGANTraining = "toy", *, resume: bool = False,
                   device=None, progress: bool = True, cache_dir: str | os.PathLike | None = None, seed: int = 0, cbs=()):
     "Train HiFi-GAN on the stems and mixes of a Slakh-layout dataset; save the generator to `out`. Returns (vocoder, learner, metrics)."
-    recipe = HiFiGANTraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, HiFiGANTraining): raise TypeError(f"recipe must be a preset name or a HiFiGANTraining, got {type(recipe).__name__}.")
-    out = check_run_folder(out, resume)  # never start over a run, never 'resume' one that is not there
-    check_dataset_root(data)
-    seed_everything(seed)
+    recipe, out = begin_run(recipe, HiFiGANTraining, out, data=data, resume=resume, seed=seed)
     cfg = recipe.hifigan
     index = {s: SlakhIndex(data, s, stems="all", sr=cfg.mel.sr, cache_dir=cache_dir) for s in ("train", "validation")}
     waves = {s: SingleStems(index[s], recipe.segment_seconds, crop_samples=recipe.segment_frames * cfg.hop_length,
                           include_mix=recipe.include_mix, sr=cfg.mel.sr) for s in ("train", "validation")}
     model = HiFiGANForTraining(cfg, recipe.mel_weight, recipe.disc_start)
-    train_dl = make_loader(waves["train"], min(recipe.batch_size, len(waves["train"])), seed=seed)
-    valid_dl = make_loader(waves["validation"], recipe.batch_size, shuffle=False, drop_last=False)
     budget = [TimeBudget(recipe.max_minutes)] if recipe.max_minutes else []
-    learn = Learner(model, train_dl, hifigan_phases(model, recipe.lr_decay, recipe.decay_every), valid_dl, recipe.train,
-                    out=out, device=device, progress=progress, cbs=[*budget, *cbs])
-    if resume: learn.load(out)
-    learn.fit()
+    learn = fit_model(model, waves["train"], waves["validation"], hifigan_phases(model, recipe.lr_decay, recipe.decay_every),
+                      recipe, out, resume=resume, device=device, progress=progress, seed=seed, cbs=[*budget, *cbs])
     vocoder = model.generator.eval()
     clips = held_out_clips(index["validation"], recipe.eval_seconds, recipe.eval_clips).to(learn.device)
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "counts": {k: dict(v.counts) for k, v in waves.items()},
                "eval_clips": len(clips), "mel_l1": resynthesis_l1(vocoder, clips),
                "griffin_lim_mel_l1": resynthesis_l1(GriffinLimVocoder(cfg.mel, n_iter=32), clips)}
-    if learn.rank == 0:
-        vocoder.save_pretrained(out)
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return vocoder, learn, metrics
+    return end_run(vocoder, learn, metrics, out)

@@ -16,84 +16,118 @@ import torch
 from torch import nn
 
 from .audio import resample
-from .checkpoint import check_run_folder, has_checkpoint
+from .checkpoint import has_checkpoint
 from .core import (MsgEduError, Progress, Recipe, atomic_write, check_int, check_number, check_tensor,
                           get_device, seed_everything)
 from .pretrained import load_config, read_checkpoint, read_json
-from .data import check_dataset_root, is_silent
+from .data import is_silent
 from .datasets import StemsDataset
 from .samplers import DiffusionConfig
-from .distributed import make_loader
 from .learner import Learner
 from .mel import MelFrontend
 from .optim import TrainConfig
 from .unet import UNetConfig
 from .vae import AutoencoderKL, from_musicldm_state_dict, pad_frames
 from .vae_training import VAETraining, train_vae
+from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
-__all__ = ['PIPELINE_FIX', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames', 'restore_frames',
-           'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'by_segments', 'check_sampling',
-           'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run', 'fit_denoiser',
-           'last_loss', 'finish_run']
+__all__ = ['PIPELINE_FIX', 'Latents', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames',
+           'restore_frames', 'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'by_segments',
+           'check_sampling', 'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run',
+           'fit_denoiser', 'last_loss', 'finish_run']
 
-# %% ../nbs/09d_latent.ipynb #4067098b
-class LatentSegments(torch.utils.data.Dataset):
-    "VAE latents of segments: stems (N, S, C, T', F') and mixtures (N, 1, C, T', F'), random crops; posterior samples when stds are kept."
-    def __init__(self, stems: torch.Tensor, mix: torch.Tensor, crop: int = 0, names: list[str] | None = None,
-                 stems_std: torch.Tensor | None = None, mix_std: torch.Tensor | None = None):
-        stems, mix = check_tensor(stems, "stems", ndim=5), check_tensor(mix, "mix", ndim=5)
-        if stems.shape[0] != mix.shape[0] or mix.shape[1] != 1 or stems.shape[2:] != mix.shape[2:]:
-            raise ValueError(f"stems (N, S, C, T, F) and mix (N, 1, C, T, F) latents of the same segments expected, got "
-                             f"{tuple(stems.shape)} and {tuple(mix.shape)}.")
-        if (stems_std is None) != (mix_std is None) or (stems_std is not None and (stems_std.shape != stems.shape
-                                                                                 or mix_std.shape != mix.shape)):
-            raise ValueError("posterior stds must be given for both stems and mix, shaped like them, or for neither.")
-        self.stems, self.mix, self.names, self.stems_std, self.mix_std = stems, mix, list(names or []), stems_std, mix_std
+# %% ../nbs/09d_latent.ipynb #b54a0dd8
+class Latents(torch.utils.data.Dataset):
+    "N items of named latents (N, k, C, T', F') cropped together in time, with per-item metadata; a `<name>_std` tensor makes each draw of `<name>` a posterior sample."
+    item_keys: tuple[str, ...] = ()        # metadata an item carries into the batch (a triplet's 'label')
+
+    def __init__(self, tensors: dict, crop: int = 0, **meta):
+        if not tensors: raise ValueError("Latents need at least one tensor, e.g. {'stems': ..., 'mix': ...}.")
+        self.tensors = {k: check_tensor(v, k, ndim=5) for k, v in tensors.items()}
+        shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
+        n, T = next(iter(shapes.values()))[0], next(iter(shapes.values()))[-2]
+        if any(s[0] != n or s[-2] != T for s in shapes.values()):
+            raise ValueError(f"every latent tensor must hold the same {n} items of {T} frames, got {shapes}.")
+        for k, s in shapes.items():
+            if k.endswith("_std") and shapes.get(k[:-4]) != s:
+                raise ValueError(f"posterior stds {k!r} must be shaped like {k[:-4]!r}: {s} vs {shapes.get(k[:-4])}.")
+        self.meta = {k: list(v) for k, v in meta.items() if v is not None}
+        bad = {k: len(v) for k, v in self.meta.items() if len(v) != n}
+        if bad: raise ValueError(f"one metadata entry per item expected ({n}), got {bad}.")
         self.crop = check_int(crop, "crop", min_value=0)
-        if self.crop > stems.shape[-2]:
-            raise ValueError(f"crop={crop} latent frames is longer than the segments' {stems.shape[-2]}; use a smaller "
-                             f"crop_frames or longer segments.")
+        if self.crop > T:
+            raise ValueError(f"crop={crop} latent frames is longer than the segments' {T}; use a smaller crop_frames or longer segments.")
+        self.check()
 
-    def __len__(self): return self.stems.shape[0]
-
-    def __getitem__(self, i: int) -> dict:
-        parts = [self.stems[i], self.mix[i]] + ([self.stems_std[i], self.mix_std[i]] if self.stems_std is not None else [])
-        if self.crop and self.crop < parts[0].shape[-2]:
-            a = int(torch.randint(0, parts[0].shape[-2] - self.crop + 1, ()))
-            parts = [p[..., a: a + self.crop, :] for p in parts]
-        s, m = parts[:2]
-        if self.stems_std is not None:   # a fresh posterior sample z = mean + std * eps, as LDM draws one per batch
-            s, m = s + parts[2] * torch.randn_like(s), m + parts[3] * torch.randn_like(m)
-        return {"stems": s, "mix": m}
-
-    def _tensors(self) -> dict:
-        t = {"stems": self.stems, "mix": self.mix}
-        return t | ({"stems_std": self.stems_std, "mix_std": self.mix_std} if self.stems_std is not None else {})
+    def check(self):
+        "What a kind of latents adds to the checks (shapes its model needs)."
 
     @classmethod
-    def cat(cls, parts: list[LatentSegments], crop: int = 0) -> LatentSegments:
-        "The segments of several sets (e.g. train and validation) as one."
-        keys = set(parts[0]._tensors())
-        if any(set(p._tensors()) != keys for p in parts): raise ValueError("cannot join latents with and without posterior stds.")
-        tensors = {k: torch.cat([p._tensors()[k] for p in parts]) if len(parts) > 1 else parts[0]._tensors()[k] for k in keys}
-        return cls(**tensors, crop=crop, names=[n for p in parts for n in p.names])
+    def from_parts(cls, tensors: dict, crop: int = 0, **meta):
+        "Build any kind of `Latents` from its tensors and metadata (what `cat` and `load` use)."
+        obj = cls.__new__(cls); Latents.__init__(obj, tensors, crop, **meta)
+        return obj
+
+    def __len__(self): return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict:
+        x = {k: v[i] for k, v in self.tensors.items()}
+        T = next(iter(x.values())).shape[-2]
+        if self.crop and self.crop < T:
+            a = int(torch.randint(0, T - self.crop + 1, ()))
+            x = {k: v[..., a: a + self.crop, :] for k, v in x.items()}
+        out = {k: v + x[f"{k}_std"] * torch.randn_like(v) if f"{k}_std" in x else v   # z = mean + std * eps, fresh per draw
+               for k, v in x.items() if not k.endswith("_std")}
+        return out | {k: self.meta[k][i] for k in self.item_keys}
+
+    @classmethod
+    def cat(cls, parts: list, crop: int = 0):
+        "The items of several sets (e.g. train and validation) as one."
+        keys, mkeys = set(parts[0].tensors), set(parts[0].meta)
+        if any(set(p.tensors) != keys or set(p.meta) != mkeys for p in parts):
+            raise ValueError("cannot join latents with different tensors (with and without posterior stds?) or metadata.")
+        return cls.from_parts({k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors}, crop,
+                              **{k: [m for p in parts for m in p.meta[k]] for k in parts[0].meta})
 
     def save(self, path) -> Path:
-        "Write the latents to one safetensors file, atomically."
+        "Write the latents to one safetensors file, atomically (metadata as JSON lists: 'names', 'labels', ...)."
         from safetensors.torch import save_file
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, mode=None) as tmp:
-            save_file({k: v.contiguous() for k, v in self._tensors().items()}, str(tmp), metadata={"names": json.dumps(self.names)})
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
+                      metadata={f"{k}s": json.dumps(v) for k, v in self.meta.items()})
         return Path(path)
 
     @classmethod
-    def load(cls, path, crop: int = 0) -> LatentSegments:
+    def load(cls, path, crop: int = 0):
         "Read what `save` wrote."
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
-            names = json.loads((f.metadata() or {}).get("names", "[]"))
-            return cls(**{k: f.get_tensor(k) for k in f.keys()}, crop=crop, names=names)
+            meta = {k[:-1]: json.loads(v) for k, v in (f.metadata() or {}).items() if k.endswith("s")}
+            return cls.from_parts({k: f.get_tensor(k) for k in f.keys()}, crop, **meta)
+
+# %% ../nbs/09d_latent.ipynb #5fd5aa3f
+class LatentSegments(Latents):
+    "MSG-LD's latents: stems (N, S, C, T', F') and mixtures (N, 1, C, T', F') of named segments, posterior stds if kept."
+    def __init__(self, stems: torch.Tensor, mix: torch.Tensor, crop: int = 0, names: list[str] | None = None,
+                 stems_std: torch.Tensor | None = None, mix_std: torch.Tensor | None = None):
+        if (stems_std is None) != (mix_std is None):
+            raise ValueError("posterior stds must be given for both stems and mix, shaped like them, or for neither.")
+        stds = {"stems_std": stems_std, "mix_std": mix_std} if stems_std is not None else {}
+        super().__init__({"stems": stems, "mix": mix, **stds}, crop, name=names)
+
+    def check(self):
+        stems, mix = self.tensors.get("stems"), self.tensors.get("mix")
+        if stems is None or mix is None or mix.shape[1] != 1 or stems.shape[2:] != mix.shape[2:]:
+            raise ValueError(f"stems (N, S, C, T, F) and mix (N, 1, C, T, F) latents of the same segments expected, got "
+                             f"{ {k: tuple(v.shape) for k, v in self.tensors.items()} }.")
+
+    stems = property(lambda self: self.tensors["stems"])
+    mix = property(lambda self: self.tensors["mix"])
+    stems_std = property(lambda self: self.tensors.get("stems_std"))
+    mix_std = property(lambda self: self.tensors.get("mix_std"))
+    names = property(lambda self: self.meta.get("name", []))
 
 # %% ../nbs/09d_latent.ipynb #e5c0d1a2
 @torch.no_grad()
@@ -274,11 +308,7 @@ def scale_from_first_batch(vae: AutoencoderKL, ds: StemsDataset, batch_size: int
 def start_run(recipe, cls, data, out, run: str, *, resume: bool, vae=None, device=None, progress: bool = True,
               cache_dir=None, seed: int = 0):
     "The common start of a latent pipeline's training: the recipe, a fresh (or resumable) run folder, the data, the VAE; seeded."
-    recipe = cls.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, cls): raise TypeError(f"recipe must be a preset name or a {cls.__name__}, got {type(recipe).__name__}.")
-    out = Path(out)
-    check_run_folder(out, resume, runs=("vae", run))   # any run refused unless resumed; the VAE stage's run counts
-    check_dataset_root(data)
+    recipe, out = begin_run(recipe, cls, out, data=data, resume=resume, seed=seed, runs=("vae", run))  # the VAE stage's run counts
     vae_model = stage_one_vae(data, out, recipe.vae, vae, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
     seed_everything(seed)
     return recipe, out, vae_model
@@ -287,11 +317,8 @@ def start_run(recipe, cls, data, out, run: str, *, resume: bool, vae=None, devic
 def fit_denoiser(model: nn.Module, lat: dict, loss_fn, recipe, run: Path, *, resume: bool = False, device=None,
                  progress: bool = True, seed: int = 0, cbs=(), weights=None) -> Learner:
     "Train a latent denoiser on {'train', 'validation'} latents (drawn w.p. ~ `weights`) with the recipe's batch size and TrainConfig; EMA weights copied in."
-    learn = Learner(model, make_loader(lat["train"], min(recipe.batch_size, len(lat["train"])), seed=seed, weights=weights), loss_fn,
-                    make_loader(lat["validation"], recipe.batch_size, shuffle=False, drop_last=False), recipe.train,
-                    out=run, device=device, progress=progress, cbs=cbs)
-    if resume and has_checkpoint(run): learn.load(run)   # (a run stopped in its VAE stage resumes there, then starts this one)
-    learn.fit()
+    learn = fit_model(model, lat["train"], lat["validation"], loss_fn, recipe, run, resume=resume, device=device,
+                      progress=progress, seed=seed, cbs=cbs, weights=weights)   # (resumes only if `run` has a checkpoint)
     if learn.ema is not None: model.load_state_dict(learn.ema.module.state_dict())   # sample with the averaged weights
     return learn
 
@@ -301,7 +328,4 @@ def last_loss(learn: Learner) -> float:
 
 def finish_run(pipe: nn.Module, learn: Learner, metrics: dict, out: Path):
     "Save the pipeline to out/model and metrics.json (rank 0 only); returns what the training functions return."
-    if learn.rank == 0:
-        pipe.save_pretrained(out/"model")
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return pipe, learn, metrics
+    return end_run(pipe, learn, metrics, out, out/"model")

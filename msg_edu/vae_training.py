@@ -6,22 +6,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from .core import Recipe, atomic_write, check_int, seed_everything
-from .checkpoint import check_run_folder
-from .data import SlakhIndex, check_dataset_root
+from .core import Recipe, check_int
+from .data import SlakhIndex
 from .datasets import SingleStems
-from .distributed import make_loader
-from .learner import Learner
 from .mel import MelConfig, MelFrontend
 from .optim import Phase, TrainConfig
 from .vae import AutoencoderKL, VAEConfig
+from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
 __all__ = ['adaptive_weight', 'vae_loss', 'disc_loss', 'vae_phases', 'StemMels', 'VAETraining', 'freq_mean', 'evaluate_vae',
@@ -147,28 +144,17 @@ def evaluate_vae(vae: AutoencoderKL, mels: Iterable[torch.Tensor], baseline: tor
 def train_vae(data: str | os.PathLike, out: str | os.PathLike, recipe: str | VAETraining = "toy", *, resume: bool = False,
               device=None, progress: bool = True, cache_dir: str | os.PathLike | None = None, seed: int = 0, cbs=()):
     "Train a VAE on the stems and mixes of a Slakh-layout dataset; save it to `out`. Returns (vae, learner, metrics)."
-    recipe = VAETraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, VAETraining): raise TypeError(f"recipe must be a preset name or a VAETraining, got {type(recipe).__name__}.")
-    out = check_run_folder(out, resume)
-    check_dataset_root(data)
-    seed_everything(seed)
+    recipe, out = begin_run(recipe, VAETraining, out, data=data, resume=resume, seed=seed)
     mels = {split: StemMels(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
                             crop_frames=recipe.crop_frames if split == "train" else 0, include_mix=recipe.include_mix)
             for split in ("train", "validation")}
     vae = AutoencoderKL(recipe.vae)
-    train_dl = make_loader(mels["train"], min(recipe.batch_size, len(mels["train"])), seed=seed)
-    valid_dl = make_loader(mels["validation"], recipe.batch_size, shuffle=False, drop_last=False)
-    learn = Learner(vae, train_dl, vae_phases(vae, recipe.ldm_optimizer), valid_dl, recipe.train, out=out, device=device,
-                    progress=progress, cbs=cbs)
-    if resume: learn.load(out)
-    learn.fit()
+    learn = fit_model(vae, mels["train"], mels["validation"], vae_phases(vae, recipe.ldm_optimizer), recipe, out,
+                      resume=resume, device=device, progress=progress, seed=seed, cbs=cbs)
     vae.eval()
     first = torch.stack([mels["train"][i] for i in range(min(recipe.scale_batch, len(mels["train"])))])
     vae.scale_by_std(first.to(learn.device))
     metrics = {"preset": recipe.to_dict(), "steps": learn.step, "scale_factor": float(vae.scale_factor),
                "counts": {k: dict(v.counts) for k, v in mels.items()},
-               **evaluate_vae(vae, valid_dl, freq_mean(mels["train"]))}
-    if learn.rank == 0:
-        vae.save_pretrained(out)
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return vae, learn, metrics
+               **evaluate_vae(vae, learn.valid_dl, freq_mean(mels["train"]))}
+    return end_run(vae, learn, metrics, out)

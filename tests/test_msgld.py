@@ -109,7 +109,8 @@ def test_latent_segments_save_load_and_crop(tmp_path):
     back = LatentSegments.load(lat.save(tmp_path / "l.safetensors"))
     assert torch.equal(back.stems, stems) and back.names == ["a", "b", "c"]
     with pytest.raises(ValueError, match="longer than"): LatentSegments(stems, mix, crop=32)
-    with pytest.raises(ValueError, match="same segments"): LatentSegments(stems, mix[:2])
+    with pytest.raises(ValueError, match="same 3 items"): LatentSegments(stems, mix[:2])
+    with pytest.raises(ValueError, match="same segments"): LatentSegments(stems, stems)
 
 
 def test_onsets_against_closed_form():
