@@ -156,6 +156,7 @@ class JointEmbedder(nn.Module, Pretrained):
     @torch.no_grad()
     def embed_audio(self, wave, sr: int, hop: float = 0.5) -> torch.Tensor:
         "Audio (N,), (C, N) or (B, C, N) at `sr` -> (B, dim): the normalised mean of its sounding windows' embeddings."
+        hop = check_number(hop, "hop", 0, 1, lo_open=True)          # the windows' step, as a fraction of a window
         wave, _ = prepare_audio(wave, sr, self.sr, "query audio", purpose="embed")        # (B, 1, N) at 16 kHz, mono
         cfg, hop_length = self.config, self.front.config.hop_length
         if wave.shape[-1] < cfg.min_seconds * self.sr:
@@ -299,6 +300,7 @@ def retrieval_accuracy(model: JointEmbedder, data: str | os.PathLike, split: str
                        cache_dir: str | os.PathLike | None = None, seed: int = 0, batch_size: int = 64) -> dict:
     "Top-1 retrieval over the sounding stems of `split`'s segments: text->audio, audio->text, audio->audio; per class, mean, chance."
     if not isinstance(model, JointEmbedder): raise TypeError(f"model must be a JointEmbedder, got {type(model).__name__}.")
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
     stems = SingleStems(SlakhIndex(check_dataset_root(data), split, stems="all", cache_dir=cache_dir), segment_seconds,
                         include_mix=False, sr=model.sr)
     classes = stems.index.classes
