@@ -8,29 +8,25 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
-import json
 import math
 import os
 import re
 import time
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_run_folder
-from .core import Config, MsgEduError, Recipe, atomic_write, check_int, check_number, check_tensor, seed_everything
+from .core import Config, MsgEduError, Recipe, check_int, check_number, check_tensor
 from .data import CLASS_ALIASES, SLAKH_CLASSES, DataError, SlakhIndex, check_dataset_root, is_silent
 from .datasets import SingleStems
-from .distributed import make_loader
-from .latent import prepare_audio
-from .learner import Learner
 from .mel import MelConfig, MelFrontend
 from .optim import Phase, TrainConfig
 from .pretrained import Pretrained
 from .toyslakh import INSTRUMENTS
-from .vae_training import StemMels
+
+if TYPE_CHECKING: from msg_edu.vae_training import StemMels   # (training data: imported by train_clap when it runs)
 
 # %% auto #0
 __all__ = ['words_of', 'known_labels', 'clap_vocabulary', 'bag_of_words', 'ClapConfig', 'JointEmbedder', 'contrastive_loss',
@@ -157,6 +153,7 @@ class JointEmbedder(nn.Module, Pretrained):
     def embed_audio(self, wave, sr: int, hop: float = 0.5) -> torch.Tensor:
         "Audio (N,), (C, N) or (B, C, N) at `sr` -> (B, dim): the normalised mean of its sounding windows' embeddings."
         hop = check_number(hop, "hop", 0, 1, lo_open=True)          # the windows' step, as a fraction of a window
+        from msg_edu.latent import prepare_audio      # (its module holds training code: imported when a query is embedded)
         wave, _ = prepare_audio(wave, sr, self.sr, "query audio", purpose="embed")        # (B, 1, N) at 16 kHz, mono
         cfg, hop_length = self.config, self.front.config.hop_length
         if wave.shape[-1] < cfg.min_seconds * self.sr:
@@ -259,12 +256,9 @@ class ClapTraining(Recipe):
 def train_clap(data: str | os.PathLike, out: str | os.PathLike, recipe: str | ClapTraining = "toy", *, device=None,
                progress: bool = True, cache_dir: str | os.PathLike | None = None, seed: int = 0, resume: bool = False, cbs=()):
     "Train the joint embedder on a Slakh-layout dataset's stems; saves it to out/model. Returns (model, learner, metrics)."
-    recipe = ClapTraining.preset(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, ClapTraining):
-        raise TypeError(f"recipe must be a preset name or a ClapTraining, got {type(recipe).__name__}.")
-    out = check_run_folder(out, resume)
-    check_dataset_root(data)
-    seed_everything(seed)
+    from msg_edu.runs import begin_run, end_run, fit_model   # training code: imported when training
+    from msg_edu.vae_training import StemMels
+    recipe, out = begin_run(recipe, ClapTraining, out, data=data, resume=resume, seed=seed)
     t0 = time.perf_counter()
     wf = recipe.clap.window_frames
     crop = wf + (-wf) % 4                                         # StemMels crops in multiples of 4 frames
@@ -280,19 +274,13 @@ def train_clap(data: str | os.PathLike, out: str | os.PathLike, recipe: str | Cl
         first = torch.stack([train_set[i]["mel"] for i in range(0, len(train_set), max(1, len(train_set) // 256))])
         model.mel_mean.fill_(float(first.mean())); model.mel_std.fill_(float(first.std()))
     weights = [1 / train_set.counts[classes[c]] for _, c in train_set.items] if recipe.balance else None
-    train_dl = make_loader(train_set, min(recipe.batch_size, len(train_set)), seed=seed, weights=weights)
-    valid_dl = make_loader(valid_set, recipe.batch_size, shuffle=False, drop_last=False)
-    learn = Learner(model, train_dl, Phase(clap_loss), valid_dl, recipe.train, out=out, device=device, progress=progress, cbs=cbs)
-    if resume: learn.load(out)
-    learn.fit()
+    learn = fit_model(model, train_set, valid_set, Phase(clap_loss), recipe, out, resume=resume, device=device,
+                      progress=progress, seed=seed, cbs=cbs, weights=weights)
     model.eval()
     metrics = {"preset": recipe.to_dict(), "classes": list(classes), "steps": learn.step,
                "train_seconds": round(time.perf_counter() - t0, 1), "temperature": round(1 / float(model.scale.detach()), 4),
                "counts": {"train": dict(train_set.counts), "validation": dict(valid_set.counts)}}
-    if learn.rank == 0:
-        model.save_pretrained(out/"model")
-        with atomic_write(out/"metrics.json", "w") as f: json.dump(metrics, f, indent=2)
-    return model, learn, metrics
+    return end_run(model, learn, metrics, out, out/"model")
 
 # %% ../nbs/09f_clap.ipynb #e4bbfedf
 @torch.no_grad()

@@ -199,13 +199,16 @@ def _generate(args) -> None:
 def _extract(args) -> None:
     from msg_edu.mgeldm import MGELDM, extract_file
     _check_inputs(args.inputs, args.out)
+    if args.query_audio is not None: _check_inputs([args.query_audio], args.out)
     pipe = MGELDM.from_pretrained(args.model, device=get_device(args.device))
+    what = repr(args.label) if args.label else f"the sound of {args.query_audio}"
     for path in args.inputs:
         with _notes_printed():
-            r = extract_file(pipe, path, args.out, args.label, guidance_w=args.w, sampler=args.sampler, steps=args.steps,
-                             conditioning=args.conditioning, seed=args.seed, batch=args.batch, progress=True)
+            r = extract_file(pipe, path, args.out, args.label, query_audio=args.query_audio, guidance_w=args.w,
+                             sampler=args.sampler, steps=args.steps, conditioning=args.conditioning, seed=args.seed,
+                             batch=args.batch, progress=True)
         for note in r["notes"]: print(f"note: {path}: {note}")
-        print(f"{path}: {args.label!r} extracted from {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}")
+        print(f"{path}: {what} extracted from {r['seconds']:.2f} s in {r['segments']} segments -> {r['folder']}")
 
 def _add_stem(args) -> None:
     from msg_edu.mgeldm import MGELDM, add_stem_file
@@ -302,9 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=COUNT, default=1, help="how many songs")
     g.add_argument("--seconds", type=AUDIO_SECONDS, help="length, at least 0.25 (default: the model's training segment)")
     g.set_defaults(func=_generate)
-    x = sub.add_parser("extract", help="extract a stem by its instrument name with a trained MGE-LDM")
+    x = sub.add_parser("extract", help="extract a stem by its instrument name, or by an audio example, with a trained MGE-LDM")
     x.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
-    x.add_argument("--label", required=True, help="the instrument to extract, e.g. bass, 'electric piano', strings")
+    q = x.add_mutually_exclusive_group(required=True)
+    q.add_argument("--label", help="the instrument to extract, e.g. bass, 'electric piano', strings")
+    q.add_argument("--query-audio", metavar="FILE", help="extract what sounds like this clip (at least 1 s of the "
+                   "instrument); needs a model trained with CLAP-style labels (model=dict(label=dict(kind='clap')))")
     _sampling_args(x, None, "MGE-LDM", "mgeldm")
     x.add_argument("--conditioning", choices=("tdpaint", "replace"), help="mixture given at t = 0 (default) or re-noised (RePaint)")
     x.add_argument("--batch", type=COUNT, default=4, help="segments processed together (default 4)")

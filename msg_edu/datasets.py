@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import collections
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import check_int
+from .core import atomic_write, check_int, check_tensor
 from .data import DataError, SlakhIndex, SlakhTrack, canonical_class, is_silent, segment_starts
 
 # %% auto #0
-__all__ = ['StemsDataset', 'TripletDataset', 'SingleStems']
+__all__ = ['StemsDataset', 'TripletDataset', 'SingleStems', 'Latents']
 
 # %% ../nbs/03f_datasets.ipynb #138b1188
 class StemsDataset(torch.utils.data.Dataset):
@@ -138,3 +140,73 @@ class SingleStems(torch.utils.data.Dataset):
         wave = sum(self.index.load(track, c, start, n) for c in classes)
         if k < 0: wave = np.clip(wave, -1.0, 1.0)  # MSG-LD's mixture: clip(sum of stems)
         return torch.from_numpy(wave)
+
+# %% ../nbs/03f_datasets.ipynb #b54a0dd8
+class Latents(torch.utils.data.Dataset):
+    "N items of named latents (N, k, C, T', F') cropped together in time (and per-item vectors (N, D)), with per-item metadata; a `<name>_std` tensor makes each draw of `<name>` a posterior sample."
+    item_keys: tuple[str, ...] = ()        # metadata an item carries into the batch (a triplet's 'label')
+
+    def __init__(self, tensors: dict, crop: int = 0, **meta):
+        if not tensors: raise ValueError("Latents need at least one tensor, e.g. {'stems': ..., 'mix': ...}.")
+        self.tensors = {k: check_tensor(v, k, ndim=(2, 5)) for k, v in tensors.items()}
+        shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
+        n, T = next(iter(shapes.values()))[0], max(s[-2] if len(s) == 5 else 0 for s in shapes.values())
+        if any(s[0] != n or (len(s) == 5 and s[-2] != T) for s in shapes.values()):
+            raise ValueError(f"every latent tensor must hold the same {n} items of {T} frames, got {shapes}.")
+        for k, s in shapes.items():
+            if k.endswith("_std") and shapes.get(k[:-4]) != s:
+                raise ValueError(f"posterior stds {k!r} must be shaped like {k[:-4]!r}: {s} vs {shapes.get(k[:-4])}.")
+        self.meta = {k: list(v) for k, v in meta.items() if v is not None}
+        bad = {k: len(v) for k, v in self.meta.items() if len(v) != n}
+        if bad: raise ValueError(f"one metadata entry per item expected ({n}), got {bad}.")
+        self.crop = check_int(crop, "crop", min_value=0)
+        if self.crop > T:
+            raise ValueError(f"crop={crop} latent frames is longer than the segments' {T}; use a smaller crop_frames or longer segments.")
+        self.check()
+
+    def check(self):
+        "What a kind of latents adds to the checks (shapes its model needs)."
+
+    @classmethod
+    def from_parts(cls, tensors: dict, crop: int = 0, **meta):
+        "Build any kind of `Latents` from its tensors and metadata (what `cat` and `load` use)."
+        obj = cls.__new__(cls); Latents.__init__(obj, tensors, crop, **meta)
+        return obj
+
+    def __len__(self): return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict:
+        x = {k: v[i] for k, v in self.tensors.items()}
+        T = max(v.shape[-2] if v.ndim == 4 else 0 for v in x.values())
+        if self.crop and self.crop < T:
+            a = int(torch.randint(0, T - self.crop + 1, ()))
+            x = {k: v[..., a: a + self.crop, :] if v.ndim == 4 else v for k, v in x.items()}
+        out = {k: v + x[f"{k}_std"] * torch.randn_like(v) if f"{k}_std" in x else v   # z = mean + std * eps, fresh per draw
+               for k, v in x.items() if not k.endswith("_std")}
+        return out | {k: self.meta[k][i] for k in self.item_keys}
+
+    @classmethod
+    def cat(cls, parts: list, crop: int = 0):
+        "The items of several sets (e.g. train and validation) as one."
+        keys, mkeys = set(parts[0].tensors), set(parts[0].meta)
+        if any(set(p.tensors) != keys or set(p.meta) != mkeys for p in parts):
+            raise ValueError("cannot join latents with different tensors (with and without posterior stds?) or metadata.")
+        return cls.from_parts({k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors}, crop,
+                              **{k: [m for p in parts for m in p.meta[k]] for k in parts[0].meta})
+
+    def save(self, path) -> Path:
+        "Write the latents to one safetensors file, atomically (metadata as JSON lists: 'names', 'labels', ...)."
+        from safetensors.torch import save_file
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, mode=None) as tmp:
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
+                      metadata={f"{k}s": json.dumps(v) for k, v in self.meta.items()})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, crop: int = 0):
+        "Read what `save` wrote."
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k[:-1]: json.loads(v) for k, v in (f.metadata() or {}).items() if k.endswith("s")}
+            return cls.from_parts({k: f.get_tensor(k) for k in f.keys()}, crop, **meta)

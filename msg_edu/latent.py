@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,11 +16,11 @@ from torch import nn
 
 from .audio import resample
 from .checkpoint import has_checkpoint
-from .core import (MsgEduError, Progress, Recipe, atomic_write, check_int, check_number, check_tensor,
+from .core import (MsgEduError, Progress, Recipe, check_int, check_number, check_tensor,
                           get_device, seed_everything)
 from .pretrained import load_config, read_checkpoint, read_json
 from .data import is_silent
-from .datasets import StemsDataset
+from .datasets import Latents, StemsDataset
 from .samplers import DiffusionConfig
 from .learner import Learner
 from .mel import MelFrontend
@@ -32,80 +31,10 @@ from .vae_training import VAETraining, train_vae
 from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
-__all__ = ['PIPELINE_FIX', 'Latents', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames',
-           'restore_frames', 'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'by_segments',
-           'check_sampling', 'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run',
-           'fit_denoiser', 'last_loss', 'finish_run']
-
-# %% ../nbs/09d_latent.ipynb #b54a0dd8
-class Latents(torch.utils.data.Dataset):
-    "N items of named latents (N, k, C, T', F') cropped together in time, with per-item metadata; a `<name>_std` tensor makes each draw of `<name>` a posterior sample."
-    item_keys: tuple[str, ...] = ()        # metadata an item carries into the batch (a triplet's 'label')
-
-    def __init__(self, tensors: dict, crop: int = 0, **meta):
-        if not tensors: raise ValueError("Latents need at least one tensor, e.g. {'stems': ..., 'mix': ...}.")
-        self.tensors = {k: check_tensor(v, k, ndim=5) for k, v in tensors.items()}
-        shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
-        n, T = next(iter(shapes.values()))[0], next(iter(shapes.values()))[-2]
-        if any(s[0] != n or s[-2] != T for s in shapes.values()):
-            raise ValueError(f"every latent tensor must hold the same {n} items of {T} frames, got {shapes}.")
-        for k, s in shapes.items():
-            if k.endswith("_std") and shapes.get(k[:-4]) != s:
-                raise ValueError(f"posterior stds {k!r} must be shaped like {k[:-4]!r}: {s} vs {shapes.get(k[:-4])}.")
-        self.meta = {k: list(v) for k, v in meta.items() if v is not None}
-        bad = {k: len(v) for k, v in self.meta.items() if len(v) != n}
-        if bad: raise ValueError(f"one metadata entry per item expected ({n}), got {bad}.")
-        self.crop = check_int(crop, "crop", min_value=0)
-        if self.crop > T:
-            raise ValueError(f"crop={crop} latent frames is longer than the segments' {T}; use a smaller crop_frames or longer segments.")
-        self.check()
-
-    def check(self):
-        "What a kind of latents adds to the checks (shapes its model needs)."
-
-    @classmethod
-    def from_parts(cls, tensors: dict, crop: int = 0, **meta):
-        "Build any kind of `Latents` from its tensors and metadata (what `cat` and `load` use)."
-        obj = cls.__new__(cls); Latents.__init__(obj, tensors, crop, **meta)
-        return obj
-
-    def __len__(self): return len(next(iter(self.tensors.values())))
-
-    def __getitem__(self, i: int) -> dict:
-        x = {k: v[i] for k, v in self.tensors.items()}
-        T = next(iter(x.values())).shape[-2]
-        if self.crop and self.crop < T:
-            a = int(torch.randint(0, T - self.crop + 1, ()))
-            x = {k: v[..., a: a + self.crop, :] for k, v in x.items()}
-        out = {k: v + x[f"{k}_std"] * torch.randn_like(v) if f"{k}_std" in x else v   # z = mean + std * eps, fresh per draw
-               for k, v in x.items() if not k.endswith("_std")}
-        return out | {k: self.meta[k][i] for k in self.item_keys}
-
-    @classmethod
-    def cat(cls, parts: list, crop: int = 0):
-        "The items of several sets (e.g. train and validation) as one."
-        keys, mkeys = set(parts[0].tensors), set(parts[0].meta)
-        if any(set(p.tensors) != keys or set(p.meta) != mkeys for p in parts):
-            raise ValueError("cannot join latents with different tensors (with and without posterior stds?) or metadata.")
-        return cls.from_parts({k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors}, crop,
-                              **{k: [m for p in parts for m in p.meta[k]] for k in parts[0].meta})
-
-    def save(self, path) -> Path:
-        "Write the latents to one safetensors file, atomically (metadata as JSON lists: 'names', 'labels', ...)."
-        from safetensors.torch import save_file
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, mode=None) as tmp:
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
-                      metadata={f"{k}s": json.dumps(v) for k, v in self.meta.items()})
-        return Path(path)
-
-    @classmethod
-    def load(cls, path, crop: int = 0):
-        "Read what `save` wrote."
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k[:-1]: json.loads(v) for k, v in (f.metadata() or {}).items() if k.endswith("s")}
-            return cls.from_parts({k: f.get_tensor(k) for k in f.keys()}, crop, **meta)
+__all__ = ['PIPELINE_FIX', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames', 'restore_frames',
+           'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'by_segments', 'check_sampling',
+           'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run', 'fit_denoiser',
+           'last_loss', 'finish_run']
 
 # %% ../nbs/09d_latent.ipynb #5fd5aa3f
 class LatentSegments(Latents):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import has_checkpoint
+from .clap import ClapTraining, JointEmbedder, train_clap
 from .core import atomic_write, check_folder, check_int, check_number, markdown_table
 from .data import SlakhIndex
 from .datasets import TripletDataset
@@ -34,8 +36,8 @@ from .triplets import (ROLES, LabelConfig, LabelEncoder, TripletConfig, TripletD
                               default_vocabulary, encode_triplets, label_words, mgeldm_loss)   # chapter 10b; old paths too
 
 # %% auto #0
-__all__ = ['MGE_DIFFUSION', 'MGELDM_FORMAT', 'MGELDMTraining', 'MGELDM', 'extract_file', 'add_stem_file', 'train_mgeldm',
-           'evaluate_extraction', 'extraction_table']
+__all__ = ['MGE_DIFFUSION', 'MGELDM_FORMAT', 'MGELDMTraining', 'MGELDM', 'extract_file', 'add_stem_file', 'with_query_space',
+           'query_embedder', 'train_mgeldm', 'evaluate_extraction', 'extraction_table']
 
 # %% ../nbs/11_mgeldm.ipynb #91ede813
 MGE_DIFFUSION = dict(schedule="cosine", prediction="v", t_min=0.02, t_pattern="mge", p_known=0.75, p_drop_mix=0.0,
@@ -47,6 +49,7 @@ MGE_DIFFUSION = dict(schedule="cosine", prediction="v", t_min=0.02, t_pattern="m
 class MGELDMTraining(LatentTraining):
     "Everything `train_mgeldm` needs: a `LatentTraining` with the triplet denoiser."
     model: TripletConfig = dataclasses.field(default_factory=TripletConfig)
+    clap: ClapTraining = dataclasses.field(default_factory=ClapTraining)   # the joint embedder, when model.label.kind == 'clap'
     batch_size: int = 64
     class_balance: bool = False      # ours: draw triplets so that every source class is seen equally often
     extract_w: float = 1.0           # CFG weight when extracting (the paper: 1 is best for extraction); the pipeline keeps it
@@ -135,10 +138,14 @@ class MGELDM(nn.Module):
         waves = self.to_wave(mels, n_samples)
         return {"mix": waves[:, 0], "submix": waves[:, 1], "source": waves[:, 2], "mels": mels}
 
+    def query(self, audio, sr: int) -> torch.Tensor:
+        "An audio example -> (1, D) query for `extract`/`add_stem`: 'the sound that is like this clip' ('clap' labels only)."
+        return self.model.labels.embed_audio(audio, sr).to(self.device)
+
     @torch.no_grad()
     def extract(self, mix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
                 steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
-        "Source extraction: the mix given (t = 0), submix and the `label` source sampled (CFG weight: `extract_w` unless given); waves split from the mix's STFT."
+        "Source extraction: the mix given (t = 0), submix and the `label` source (a name, or a query from `query`) sampled (CFG weight: `extract_w` unless given); waves split from the mix's STFT."
         if guidance_w is None: guidance_w = self.extract_w
         wave, notes = self.prepare(mix, sr, "mixture")
         z_mix, frames = self.encode(wave)
@@ -203,13 +210,17 @@ class MGELDM(nn.Module):
                        check_number(meta.get("extract_w", 1.0), "extract_w")).to(device)
 
 # %% ../nbs/11_mgeldm.ipynb #364811c6
-def extract_file(pipe: MGELDM, path, out, label: str, *, guidance_w: float | None = None, sampler: str | None = None,
-                 steps: int | None = None, conditioning: str | None = None, seed: int = 0, batch: int = 4,
-                 progress: bool = False) -> dict:
-    "Extract `label` from an audio file, `batch` segments at a time: out/<file stem>/{<label>, submix, mix}.wav at the model's rate."
+def extract_file(pipe: MGELDM, path, out, label: str | None = None, *, query_audio=None, guidance_w: float | None = None,
+                 sampler: str | None = None, steps: int | None = None, conditioning: str | None = None, seed: int = 0,
+                 batch: int = 4, progress: bool = False) -> dict:
+    "Extract `label` (or what sounds like the `query_audio` file) from an audio file, `batch` segments at a time: out/<file stem>/{<label or query_...>, submix, mix}.wav."
     from msg_edu.audio import load_audio, save_audio
     if not isinstance(pipe, MGELDM): raise TypeError(f"pipe must be an MGELDM, got {type(pipe).__name__}.")
-    pipe.model.labels.token_ids(label)                                   # an unknown label fails before any work
+    if (label is None) == (query_audio is None):
+        raise ValueError("give exactly one query: a label (e.g. 'bass') or query_audio (a file of the instrument to extract).")
+    if query_audio is not None:                                          # an example clip: embedded once, before any work
+        name, label = f"query_{Path(query_audio).stem}", pipe.query(*load_audio(query_audio))
+    else: name = label; pipe.model.labels.token_ids(label)               # an unknown label fails before any work
     check_sampling(pipe.extract_w if guidance_w is None else guidance_w, steps)
     wave, sr = load_audio(path)
     mix, notes = pipe.prepare(wave, sr, "mixture")
@@ -221,7 +232,7 @@ def extract_file(pipe: MGELDM, path, out, label: str, *, guidance_w: float | Non
         return torch.stack([r["source"], r["submix"]], 1)
     parts, _, n_segs = by_segments(mix[0, 0], L, extract, 2, batch=batch, progress=progress, desc=f"extracting from {Path(path).name}")
     parts = parts.cpu()
-    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    name = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     files = [save_audio(folder/f"{name}.wav", parts[0], pipe.sr, subtype="FLOAT"),
              save_audio(folder/"submix.wav", parts[1], pipe.sr, subtype="FLOAT"),
              save_audio(folder/"mix.wav", mix[0, 0].cpu(), pipe.sr, subtype="FLOAT")]
@@ -246,24 +257,46 @@ def add_stem_file(pipe: MGELDM, out, label: str, submix=None, *, seconds: float 
     return {"files": files, "notes": r["notes"]}
 
 # %% ../nbs/11_mgeldm.ipynb #8fed5a9c
-def _triplets(vae, data, split: str, recipe: MGELDMTraining, out: Path, cache_dir, device) -> TripletLatents:
-    "Every (segment, sounding class) triplet of a split, encoded once and kept in out/latents."
+def _triplets(vae, data, split: str, recipe: MGELDMTraining, out: Path, cache_dir, device, joint=None) -> TripletLatents:
+    "Every (segment, sounding class) triplet of a split, encoded once (with its source's audio query, given the `joint` embedder) and kept in out/latents."
     ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
                         recipe.hop_seconds or None, mode="all")
     multiple = vae.config.down * recipe.model.unet.down
-    return load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), TripletLatents,
-                          lambda: encode_triplets(vae, ds, multiple, device=device))
+    path = latents_path(out, split, recipe, len(ds), multiple, vae)
+    if joint is not None: path = path.with_name(f"{path.stem}_clap{path.suffix}")
+    return load_or_encode(path, TripletLatents, lambda: encode_triplets(vae, ds, multiple, device=device, joint=joint))
 
-def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, resume: bool = False, device=None,
+def with_query_space(model: TripletConfig, clap) -> TripletConfig:
+    "`model` with 'clap' labels in the joint embedder's space (its config `clap`): the label width follows the embedder's."
+    d = model.to_dict()
+    d["label"].update(kind="clap", clap=clap.to_dict(), dim=clap.dim)
+    d["unet"]["label_dim"] = clap.dim
+    return TripletConfig.from_dict(d)
+
+def query_embedder(data, out, recipe: MGELDMTraining, clap=None, *, device=None, progress: bool = True, cache_dir=None,
+                   seed: int = 0) -> JointEmbedder:
+    "MGE-LDM's CLAP stage: `clap` (a JointEmbedder or its folder), else the one in out/clap, else one trained there (chapter 09f)."
+    if isinstance(clap, JointEmbedder): return clap.eval()
+    if clap is not None: return JointEmbedder.from_pretrained(clap).eval()
+    folder = Path(out)/"clap"
+    if (folder/"model"/"model.safetensors").is_file(): return JointEmbedder.from_pretrained(folder/"model").eval()
+    return train_clap(data, folder, recipe.clap, device=device, progress=progress, cache_dir=cache_dir, seed=seed,
+                      resume=has_checkpoint(folder))[0].eval()
+
+def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, clap=None, resume: bool = False, device=None,
                  progress: bool = True, cache_dir=None, seed: int = 0, cbs=()):
-    "Train MGE-LDM on a Slakh-layout dataset: the VAE (unless `vae` names one), then the triplet denoiser; pipeline to out/model."
+    "Train MGE-LDM on a Slakh-layout dataset: the VAE (unless `vae` names one), the joint embedder for 'clap' labels (unless `clap` names one), then the triplet denoiser; pipeline to out/model."
     recipe, out, vae_model = start_run(recipe, MGELDMTraining, data, out, "model_run", resume=resume, vae=vae, device=device,
                                        progress=progress, cache_dir=cache_dir, seed=seed)
-    train = [_triplets(vae_model, data, s, recipe, out, cache_dir, device) for s in recipe.train_splits]
-    tracks = train[0].tracks if len(train) == 1 else torch.cat([t.tracks for t in train])
-    lat = {"train": TripletLatents(tracks, [l for t in train for l in t.labels], recipe.crop_frames),
-           "validation": _triplets(vae_model, data, "validation", recipe, out, cache_dir, device)}
+    joint = None
+    if recipe.model.label.kind == "clap":   # the queries' space first: a frozen joint audio-text embedder (chapter 09f)
+        joint = query_embedder(data, out, recipe, clap, device=device, progress=progress, cache_dir=cache_dir, seed=seed)
+        recipe = recipe.replace(model=with_query_space(recipe.model, joint.config).to_dict())
+    train = [_triplets(vae_model, data, s, recipe, out, cache_dir, device, joint) for s in recipe.train_splits]
+    lat = {"train": TripletLatents.cat(train, recipe.crop_frames),
+           "validation": _triplets(vae_model, data, "validation", recipe, out, cache_dir, device, joint)}
     model = TripletDenoiser(recipe.model)
+    if joint is not None: model.labels.joint.load_state_dict(joint.state_dict())
     counts = collections.Counter(lat["train"].labels)        # class balance: each class drawn as often as any other
     weights = [1.0 / counts[label] for label in lat["train"].labels] if recipe.class_balance else None
     learn = fit_denoiser(model, lat, partial(mgeldm_loss, diffusion=recipe.diffusion), recipe, out/"model_run", resume=resume,
@@ -279,18 +312,29 @@ def train_mgeldm(data, out, recipe: str | MGELDMTraining = "toy", *, vae=None, r
 @torch.no_grad()
 def evaluate_extraction(pipe: MGELDM, data, split: str = "test", *, guidance_w: float | None = None, sampler: str | None = None,
                         steps: int | None = None, conditioning: str | None = None, segment_seconds: float = 2.56,
-                        max_per_class: int | None = None, seed: int = 0, cache_dir=None) -> dict:
-    "Extract every sounding class of every segment of `split` by its label: Log-Mel L1 of the extracted audio per class, and the mixture's."
+                        max_per_class: int | None = None, seed: int = 0, cache_dir=None, query: str = "label",
+                        query_split: str = "train") -> dict:
+    "Extract every sounding class of every segment of `split` by its label (or, `query='audio'`, by an example clip of the class from `query_split`): Log-Mel L1 of the extracted audio per class, and the mixture's."
     if not isinstance(pipe, MGELDM): raise TypeError(f"pipe must be an MGELDM, got {type(pipe).__name__}.")
-    ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), segment_seconds, mode="all")
-    by_class: dict[str, list[int]] = {}
-    for i, (si, k) in enumerate(ds.items): by_class.setdefault(ds.stems.classes[k], []).append(i)
+    if query not in ("label", "audio"): raise ValueError(f"query must be 'label' or 'audio', got {query!r}.")
+    def classes(split):
+        ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), segment_seconds, mode="all")
+        by: dict[str, list[int]] = {}
+        for i, (si, k) in enumerate(ds.items): by.setdefault(ds.stems.classes[k], []).append(i)
+        return ds, by
+    ds, by_class = classes(split)
+    if query == "audio":                    # one example clip per class, from other songs: 'extract what sounds like this'
+        qds, q_by = classes(query_split)
+        pick = torch.Generator().manual_seed(seed)
+        examples = {c: qds[q_by[c][int(torch.randint(len(q_by[c]), (), generator=pick))]]["source"] for c in by_class if c in q_by}
     g = torch.Generator(pipe.device).manual_seed(seed)
     report = {}
     for label, idx in sorted(by_class.items()):
+        if query == "audio" and label not in examples: continue          # no example of this class to query with
         items = [ds[i] for i in idx[:max_per_class]]
         mix, src = torch.stack([it["mix"] for it in items]), torch.stack([it["source"] for it in items])
-        r = pipe.extract(mix, label, guidance_w=guidance_w, sampler=sampler, steps=steps, conditioning=conditioning, generator=g)
+        q = pipe.query(examples[label], pipe.sr) if query == "audio" else label
+        r = pipe.extract(mix, q, guidance_w=guidance_w, sampler=sampler, steps=steps, conditioning=conditioning, generator=g)
         ref = pipe.front(src[:, 0].to(pipe.device))
         report[label] = {"n": len(items), "log_mel_l1": float((pipe.front(r["source"]) - ref).abs().mean()),   # the audio heard
                          "decoded_log_mel_l1": float((r["mels"][:, 1] - ref).abs().mean()),                # the decoder's mel

@@ -179,7 +179,7 @@ def msdm_generate_files(pipe: MSDM, out, n: int = 1, seconds: float | None = Non
     stems = pipe.generate(n, seconds, steps=steps, generator=torch.Generator(pipe.device).manual_seed(seed)).cpu().clamp(-1, 1)
     folders = []
     for b in range(stems.shape[0]):
-        folder = Path(out)/f"gen_{b:03e}"
+        folder = Path(out)/f"gen_{b:03d}"
         for i, s in enumerate(pipe.stems): save_audio(folder/f"{s}.wav", stems[b, i], pipe.sr, subtype="FLOAT")
         save_audio(folder/"mix.wav", stems[b].sum(0).clamp(-1, 1), pipe.sr, subtype="FLOAT")
         folders.append(folder)

@@ -297,7 +297,7 @@ def generate_files(pipe: MSGLD, out, n: int = 1, seconds: float | None = None, *
                           steps=steps, generator=g)["stems"].cpu()
     folders = []
     for b in range(stems.shape[0]):
-        folder = Path(out)/f"gen_{b:03e}"
+        folder = Path(out)/f"gen_{b:03d}"
         for i, s in enumerate(pipe.stems): save_audio(folder/f"{s}.wav", stems[b, i], pipe.sr, subtype="FLOAT")
         save_audio(folder/"mix.wav", stems[b].sum(0).clamp(-1, 1), pipe.sr, subtype="FLOAT")
         folders.append(folder)

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .core import Config, atomic_write, check_int, check_tensor, get_device
+from .core import Config, check_int, check_number, check_tensor, get_device
 from .pretrained import Pretrained
+from .clap import ClapConfig, JointEmbedder
 from .data import CLASS_ALIASES, SLAKH_CLASSES
-from .datasets import TripletDataset
+from .datasets import Latents, TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .mel import MelFrontend
@@ -26,8 +25,8 @@ from .unet import MultiTrackUNet, UNetConfig
 from .vae import AutoencoderKL
 
 # %% auto #0
-__all__ = ['ROLES', 'label_words', 'default_vocabulary', 'LabelConfig', 'LabelEncoder', 'TripletConfig', 'TripletDenoiser',
-           'TripletLatents', 'encode_triplets', 'mgeldm_loss']
+__all__ = ['ROLES', 'LABEL_KINDS', 'label_words', 'default_vocabulary', 'LabelConfig', 'LabelEncoder', 'TripletConfig',
+           'TripletDenoiser', 'TripletLatents', 'encode_triplets', 'mgeldm_loss']
 
 # %% ../nbs/10b_triplets.ipynb #dcfa789f
 ROLES = ("mix", "submix", "source")   # the three tracks of an MGE-LDM triplet, in this order
@@ -43,31 +42,61 @@ def default_vocabulary() -> list[str]:
     names = list(SLAKH_CLASSES) + list(CLASS_ALIASES) + [i.midi_program_name for i in INSTRUMENTS.values()]
     return sorted({w for n in names for w in label_words(n)})
 
+LABEL_KINDS = ("words", "clap")
+
 @dataclasses.dataclass
 class LabelConfig(Config):
-    "The instrument-name encoder: a bag of word embeddings (what stands in for CLAP's text tower here)."
-    vocabulary: tuple[str, ...] = ()      # empty: default_vocabulary()
+    "What encodes a query: 'words' (word embeddings learned with the denoiser) or 'clap' (chapter 09f's frozen joint audio-text embedder)."
+    vocabulary: tuple[str, ...] = ()      # 'words': empty means default_vocabulary()
     dim: int = 32
+    kind: str = "words"
+    clap: ClapConfig | None = None        # 'clap': the joint embedder's config (train_mgeldm sets it from the embedder it uses)
+    p_audio: float = 0.5                  # 'clap': share of training triplets conditioned on their source's *audio* embedding
     presets: ClassVar[dict] = {"tiny": dict(dim=16), "toy": {}, "slakh": dict(dim=512)}   # 512: CLAP's width
 
-    def validate(self): check_int(self.dim, "dim", min_value=1)
+    def validate(self):
+        check_int(self.dim, "dim", min_value=1)
+        if self.kind not in LABEL_KINDS: raise ValueError(f"kind must be one of {LABEL_KINDS}, got {self.kind!r}.")
+        if self.clap is not None and self.clap.dim != self.dim:
+            raise ValueError(f"dim={self.dim} must be the joint embedder's dim {self.clap.dim}: its embeddings are the labels.")
+        check_number(self.p_audio, "p_audio", 0, 1)
 
 class LabelEncoder(nn.Module):
     "Instrument names -> (B, dim): the mean of their words' embeddings; names with no known word are refused."
     def __init__(self, config: LabelConfig | None = None):
         super().__init__()
         config = config or LabelConfig()
+        if config.kind == "clap":        # names and audio examples through the frozen joint embedder (chapter 09f)
+            if config.clap is None:
+                raise ValueError("a 'clap' label encoder needs the joint embedder's config (LabelConfig.clap); train_mgeldm "
+                                 "sets it from the embedder it trains or is given.")
+            self.config, self.joint = config, JointEmbedder(config.clap).requires_grad_(False).eval()
+            self.vocabulary = self.joint.vocabulary
+            return
         self.config = config if config.vocabulary else config.replace(vocabulary=tuple(default_vocabulary()))  # saved with it
         self.vocabulary = list(self.config.vocabulary)
         self.index = {w: i for i, w in enumerate(self.vocabulary)}
         self.words = nn.EmbeddingBag(len(self.vocabulary), self.config.dim, mode="mean")
         nn.init.normal_(self.words.weight, std=1.0)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.kind == "clap": self.joint.eval()     # frozen, and always in inference mode
+        return self
+
+    def embed_audio(self, wave, sr: int) -> torch.Tensor:
+        "Audio examples (N,), (C, N) or (B, C, N) -> (B, dim) queries in the label space: 'extract what sounds like this'."
+        if self.config.kind != "clap":
+            raise ValueError("queries by audio example need a 'clap' label encoder (chapter 09f's joint embedder); this model "
+                             "was trained with 'words': query it by name, or train one with model=dict(label=dict(kind='clap')).")
+        return self.joint.embed_audio(wave, sr)
+
     def known_labels(self) -> list[str]:
         from msg_edu.toyslakh import INSTRUMENTS
         return sorted(set(SLAKH_CLASSES) | {i.midi_program_name for i in INSTRUMENTS.values()})
 
     def token_ids(self, label: str) -> list[int]:
+        if self.config.kind == "clap": return self.joint.words(label)[0].nonzero()[:, 0].tolist()   # unknown names refused there
         words = label_words(label)
         if not words: raise ValueError(f"empty label {label!r}: name an instrument, e.g. 'bass' or 'Electric Piano'.")
         ids = [self.index[w] for w in words if w in self.index]
@@ -84,8 +113,9 @@ class LabelEncoder(nn.Module):
             labels = check_tensor(labels, "labels", ndim=2)
             if labels.shape[-1] != self.config.dim:
                 raise ValueError(f"precomputed label embeddings must be (B, {self.config.dim}), got {tuple(labels.shape)}.")
-            return labels.to(self.words.weight)
+            return labels.to(self.joint.mel_mean if self.config.kind == "clap" else self.words.weight)
         labels = [labels] if isinstance(labels, str) else list(labels)
+        if self.config.kind == "clap": return self.joint.embed_text(labels)
         ids = [self.token_ids(l) for l in labels]
         flat = torch.tensor([i for x in ids for i in x], device=self.words.weight.device)
         offsets = torch.tensor([0] + [len(x) for x in ids[:-1]], device=flat.device).cumsum(0)
@@ -139,51 +169,43 @@ class TripletDenoiser(nn.Module, Pretrained):
         return self.unet(x_t, t, Cond(labels=labels + self.roles.to(labels.dtype)))
 
 # %% ../nbs/10b_triplets.ipynb #d5f9ef25
-class TripletLatents(torch.utils.data.Dataset):
-    "VAE latents of triplets (N, 3, C, T', F') = (mix, submix, source) with the source's label; random crops."
-    def __init__(self, tracks: torch.Tensor, labels: list[str], crop: int = 0):
-        self.tracks = check_tensor(tracks, "tracks", ndim=5)
-        if self.tracks.shape[1] != 3 or len(labels) != len(self.tracks):
-            raise ValueError(f"triplet latents (N, 3, C, T, F) with one label each expected, got {tuple(self.tracks.shape)} "
-                             f"and {len(labels)} labels.")
-        self.labels, self.crop = list(labels), check_int(crop, "crop", min_value=0)
-        if self.crop > self.tracks.shape[-2]: raise ValueError(f"crop={crop} is longer than the latents' {self.tracks.shape[-2]} frames.")
+class TripletLatents(Latents):
+    "VAE latents of triplets (N, 3, C, T', F') = (mix, submix, source), each with its source's label (and audio query (N, D), if encoded)."
+    item_keys = ("label",)
 
-    def __len__(self): return len(self.tracks)
+    def __init__(self, tracks: torch.Tensor, labels: list[str], crop: int = 0, queries: torch.Tensor | None = None):
+        if len(labels) != len(tracks):
+            raise ValueError(f"triplet latents (N, 3, C, T, F) with one label each expected, got {tuple(tracks.shape)} and {len(labels)} labels.")
+        super().__init__({"tracks": tracks} | ({} if queries is None else {"query": queries}), crop, label=list(labels))
 
-    def __getitem__(self, i: int) -> dict:
-        x = self.tracks[i]
-        if self.crop and self.crop < x.shape[-2]:
-            a = int(torch.randint(0, x.shape[-2] - self.crop + 1, ()))
-            x = x[..., a: a + self.crop, :]
-        return {"tracks": x, "label": self.labels[i]}
+    def check(self):
+        if "tracks" not in self.tensors or self.tensors["tracks"].ndim != 5 or self.tensors["tracks"].shape[1] != 3:
+            raise ValueError(f"triplet latents (N, 3, C, T, F) with one label each expected, got { {k: tuple(v.shape) for k, v in self.tensors.items()} }.")
 
-    def save(self, path) -> Path:
-        from safetensors.torch import save_file
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, mode=None) as tmp:
-            save_file({"tracks": self.tracks.contiguous()}, str(tmp), metadata={"labels": json.dumps(self.labels)})
-        return Path(path)
-
-    @classmethod
-    def load(cls, path, crop: int = 0) -> TripletLatents:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            return cls(f.get_tensor("tracks"), json.loads(f.metadata()["labels"]), crop)
+    tracks = property(lambda self: self.tensors["tracks"])
+    queries = property(lambda self: self.tensors.get("query"))
+    labels = property(lambda self: self.meta["label"])
 
 @torch.no_grad()
-def encode_triplets(vae: AutoencoderKL, ds: TripletDataset, multiple: int, batch_size: int = 16, device=None) -> TripletLatents:
-    "Scaled VAE latents of every (mix, submix, source) triplet of `ds`, mels trimmed to a multiple of `multiple` frames."
+def encode_triplets(vae: AutoencoderKL, ds: TripletDataset, multiple: int, batch_size: int = 16, device=None,
+                    joint: JointEmbedder | None = None) -> TripletLatents:
+    "Scaled VAE latents of every (mix, submix, source) triplet of `ds` (mels trimmed to a multiple of `multiple` frames); with `joint`, each source's audio embedding too."
     device = get_device(device)
     front, vae = MelFrontend().to(device), vae.to(device).eval()
-    out, labels = [], []
+    out, labels, queries = [], [], []
     for a in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(a, min(a + batch_size, len(ds)))]
         mel = front(torch.stack([torch.cat([it["mix"], it["submix"], it["source"]]) for it in items]).to(device))
         out.append(vae.encode_latent(mel[..., : mel.shape[-2] // multiple * multiple, :]).cpu())
         labels += [it["label"] for it in items]
-    return TripletLatents(torch.cat(out), labels)
+        if joint is not None: queries.append(joint.to(device).embed_audio(torch.stack([it["source"] for it in items]), front.config.sr).cpu())
+    return TripletLatents(torch.cat(out), labels, queries=torch.cat(queries) if joint is not None else None)
 
 def mgeldm_loss(model: TripletDenoiser, batch: dict, diffusion: DiffusionConfig) -> torch.Tensor:
     "MGE-LDM's objective: per-track t (one track at t = 0 w.p. 0.75), the source's label dropped per track, v loss on noisy tracks."
-    return diffusion.training_loss(model, batch["tracks"], Cond(labels=model.label_cond(batch["label"])))
+    labels = model.labels(batch["label"])                                   # the source's name, encoded
+    p = model.config.label.p_audio if batch.get("query") is not None and model.config.label.kind == "clap" else 0.0
+    if p > 0:                          # CLAP-style: some triplets are conditioned on their own source's audio embedding
+        use = torch.rand(len(labels), 1, device=labels.device) < p
+        labels = torch.where(use, batch["query"].to(labels), labels)
+    return diffusion.training_loss(model, batch["tracks"], Cond(labels=model.label_cond(labels)))

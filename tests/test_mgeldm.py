@@ -138,7 +138,37 @@ def test_triplet_parts_load_without_the_pipeline_and_old_paths_still_work():
     code = ("import sys, msg_edu.triplets; print(sorted(m for m in ('msg_edu.mgeldm', 'msg_edu.latent', 'msg_edu.learner', "
             "'msg_edu.vocoder') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
-    assert len(new.__all__) == 10
-    for name in new.__all__: assert getattr(old, name) is getattr(new, name), name
+    assert len(new.__all__) == 11
+    for name in set(new.__all__) - {"LABEL_KINDS"}: assert getattr(old, name) is getattr(new, name), name   # (new since)
     from msg_edu.mgeldm import LabelEncoder as old_enc, TripletDenoiser as old_den   # the old `from` form
     assert old_enc is new.LabelEncoder and old_den is new.TripletDenoiser
+
+
+def test_clap_labels_train_end_to_end_and_extract_by_an_audio_example(toy, cache, tmp_path):
+    "kind='clap': the joint embedder is trained first (out/clap), its space becomes the labels', queries by name or by clip."
+    from msg_edu.cli import main
+    from msg_edu.mgeldm import evaluate_extraction, train_mgeldm
+    recipe = MGELDMTraining.preset("tiny", model=dict(label=dict(kind="clap")), clap=dict(train=dict(steps=10)))
+    pipe, learn, metrics = train_mgeldm(toy, tmp_path / "run", recipe, cache_dir=cache, progress=False)
+    joint = pipe.model.labels.joint
+    assert (tmp_path / "run" / "clap" / "model" / "model.safetensors").is_file() and pipe.model.config.label.kind == "clap"
+    assert pipe.model.config.label.dim == joint.config.dim == pipe.model.config.unet.label_dim
+    assert not any(p.requires_grad for p in joint.parameters())
+    lat = TripletLatents.load(next((tmp_path / "run" / "latents").glob("train_*_clap.safetensors")))
+    assert lat.queries.shape == (len(lat), joint.config.dim)                  # each source's audio embedding, encoded once
+    torch.testing.assert_close(lat.queries.norm(dim=-1), torch.ones(len(lat)))
+    back = MGELDM.from_pretrained(tmp_path / "run" / "model")                 # the embedder travels inside the model
+    torch.testing.assert_close(back.model.labels(["bass"]), pipe.model.labels(["bass"]))
+    r = evaluate_extraction(back, toy, "test", segment_seconds=1.28, max_per_class=1, steps=2, cache_dir=cache, query="audio")
+    assert r and all(v["n"] == 1 and math.isfinite(v["log_mel_l1"]) for v in r.values())
+    save_audio(tmp_path / "mix.wav", tone(2.0, f=220) + tone(2.0, f=660), 16000)
+    save_audio(tmp_path / "example.wav", tone(1.5, f=220), 16000)
+    main(["extract", str(tmp_path / "mix.wav"), "--query-audio", str(tmp_path / "example.wav"), "--model",
+          str(tmp_path / "run" / "model"), "--out", str(tmp_path / "x"), "--steps", "2"])
+    assert (tmp_path / "x" / "mix" / "query_example.wav").is_file()
+    assert main(["extract", str(tmp_path / "mix.wav"), "--model", str(tmp_path / "run" / "model"), "--out", str(tmp_path / "y")]) == 2
+    with pytest.raises(ValueError, match="exactly one query"): extract_file(back, tmp_path / "mix.wav", tmp_path / "y")
+
+
+def test_word_labels_refuse_audio_queries(pipe):
+    with pytest.raises(ValueError, match="need a 'clap' label encoder"): pipe.query(tone(2.0), 16000)
