@@ -32,9 +32,9 @@ from .runs import begin_run, end_run, fit_model
 
 # %% auto #0
 __all__ = ['PIPELINE_FIX', 'LatentSegments', 'encode_segments', 'LatentTraining', 'latent_frames', 'fit_frames', 'restore_frames',
-           'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'by_segments', 'check_sampling',
-           'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run', 'fit_denoiser',
-           'last_loss', 'finish_run']
+           'prepare_audio', 'describe_folder', 'pipeline_meta', 'pipeline_parts', 'Result', 'by_segments',
+           'check_sampling', 'latents_path', 'load_or_encode', 'stage_one_vae', 'scale_from_first_batch', 'start_run',
+           'fit_denoiser', 'last_loss', 'finish_run']
 
 # %% ../nbs/09d_latent.ipynb #5fd5aa3f
 class LatentSegments(Latents):
@@ -176,6 +176,13 @@ def pipeline_parts(path: Path):
     try: yield
     except MsgEduError: raise
     except (TypeError, ValueError) as e: raise MsgEduError(f"{path} does not fit the models beside it ({e}). {PIPELINE_FIX}") from e
+
+# %% ../nbs/09d_latent.ipynb #5b0c0ab4
+class Result(dict):
+    "What a pipeline call returns: waves by name, `mels`, `latents`, `notes`, ...; read as r['stems'] or r.stems."
+    def __getattr__(self, name: str):
+        try: return self[name]
+        except KeyError: raise AttributeError(f"this result has no {name!r}; it has {sorted(self)}.") from None
 
 # %% ../nbs/09d_latent.ipynb #4b5a19c2
 def by_segments(wave: torch.Tensor, length: int, fn, n_parts: int, *, batch: int = 4, progress: bool = False,

@@ -26,7 +26,7 @@ from .datasets import TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .mel import MelFrontend
-from .latent import (LatentTraining, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
+from .latent import (LatentTraining, Result, by_segments, check_sampling, describe_folder, finish_run, fit_denoiser, fit_frames,
                             last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
                             restore_frames, start_run)
 from .unet import UNetConfig
@@ -136,7 +136,7 @@ class MGELDM(nn.Module):
         z = self.sample((n, 3, *zshape), label, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=generator)
         mels = restore_frames(self.vae.decode_latent(z), frames)
         waves = self.to_wave(mels, n_samples)
-        return {"mix": waves[:, 0], "submix": waves[:, 1], "source": waves[:, 2], "mels": mels}
+        return Result(mix=waves[:, 0], submix=waves[:, 1], source=waves[:, 2], mels=mels)
 
     def query(self, audio, sr: int) -> torch.Tensor:
         "An audio example -> (1, D) query for `extract`/`add_stem`: 'the sound that is like this clip' ('clap' labels only)."
@@ -154,7 +154,7 @@ class MGELDM(nn.Module):
                         sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
         mels = restore_frames(self.vae.decode_latent(z[:, 1:]), frames)                  # (B, 2, T, F): submix, source
         parts = mixture_consistent(mels, wave)                                      # they sum to the mixture
-        return {"source": parts[:, 1], "submix": parts[:, 0], "mels": mels, "notes": notes}
+        return Result(source=parts[:, 1], submix=parts[:, 0], mels=mels, notes=notes)
 
     @torch.no_grad()
     def add_stem(self, submix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
@@ -171,7 +171,7 @@ class MGELDM(nn.Module):
                         sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
         mels = restore_frames(self.vae.decode_latent(z), frames)
         source = self.to_wave(mels[:, 2], n)
-        return {"source": source, "mix": (wave[:, 0] + source).clamp(-1, 1), "mels": mels, "notes": notes}
+        return Result(source=source, mix=(wave[:, 0] + source).clamp(-1, 1), mels=mels, notes=notes)
 
     @torch.no_grad()
     def build_song(self, labels: list[str], seconds: float | None = None, n: int = 1, *, generator=None, **kw) -> dict:
@@ -183,7 +183,7 @@ class MGELDM(nn.Module):
         for label in labels:
             r = self.add_stem(submix, label, generator=generator, **kw)
             stems.append(r["source"]); mixes.append(r["mix"]); submix = r["mix"][:, None]
-        return {"stems": torch.stack(stems, 1), "mixes": torch.stack(mixes, 1), "labels": list(labels)}   # (n, K, N) each
+        return Result(stems=torch.stack(stems, 1), mixes=torch.stack(mixes, 1), labels=list(labels))   # (n, K, N) each
 
     def save_pretrained(self, directory) -> Path:
         directory = Path(directory); directory.mkdir(parents=True, exist_ok=True)

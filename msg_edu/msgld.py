@@ -23,7 +23,7 @@ from .datasets import StemsDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
 from .hifigan import HiFiGAN, generator_weights, load_public
-from .latent import (LatentSegments, LatentTraining, by_segments, check_sampling, describe_folder, encode_segments,
+from .latent import (LatentSegments, Result, LatentTraining, by_segments, check_sampling, describe_folder, encode_segments,
                             finish_run, fit_denoiser, fit_frames, last_loss, latent_frames, latents_path, load_or_encode,
                             pipeline_meta, pipeline_parts, prepare_audio, restore_frames, scale_from_first_batch, start_run)
 from .mel import MelFrontend
@@ -34,7 +34,7 @@ from .vae import AutoencoderKL, from_musicldm_state_dict
 from .vocoder import GriffinLimVocoder
 
 # %% auto #0
-__all__ = ['MSGLD_FORMAT', 'MSGLDTraining', 'msgld_loss', 'Separation', 'MSGLD', 'separate_file', 'generate_files', 'train_msgld',
+__all__ = ['MSGLD_FORMAT', 'Separation', 'MSGLDTraining', 'msgld_loss', 'MSGLD', 'separate_file', 'generate_files', 'train_msgld',
            'dry_run', 'evaluate_msgld', 'evaluate_separation']
 
 # %% ../nbs/10_msgld.ipynb #150b81ca
@@ -77,13 +77,7 @@ def msgld_loss(unet: MultiTrackUNet, batch: dict, diffusion: DiffusionConfig) ->
 # %% ../nbs/10_msgld.ipynb #e579aea5
 MSGLD_FORMAT = "msg_edu.msgld/1"
 
-@dataclasses.dataclass
-class Separation:
-    "What `MSGLD.separate` returns: stem waves (B, S, N), their mels (B, S, T, F) and latents, and notes on the input."
-    stems: torch.Tensor
-    mels: torch.Tensor
-    latents: torch.Tensor
-    notes: list[str]
+Separation = Result   # the old name of what `MSGLD.separate` returns (stems, mels, latents, notes): one result type now
 
 class MSGLD(nn.Module):
     "MSG-LD: a frozen mel VAE, a mixture-conditioned multi-track U-Net, its diffusion settings, and a vocoder."
@@ -149,7 +143,7 @@ class MSGLD(nn.Module):
 
     @torch.no_grad()
     def separate(self, mix, sr: int | None = None, *, guidance_w: float = 1.0, sampler: str | None = None,
-                 steps: int | None = None, generator: torch.Generator | None = None, reconstruct: str = "mixture") -> Separation:
+                 steps: int | None = None, generator: torch.Generator | None = None, reconstruct: str = "mixture") -> Result:
         "Stems of a mixture: sample the stem latents given its latent with CFG weight w, decode, reconstruct the waves."
         steps = steps if steps is not None else (self.separate_steps or None)   # None: the diffusion config's steps
         if reconstruct not in ("mixture", "vocoder"):
@@ -160,7 +154,7 @@ class MSGLD(nn.Module):
                                             cond=Cond(mix=z_mix), guidance_w=guidance_w, steps=steps, generator=generator)
         mels = self.decode(z, frames)
         stems = mixture_consistent(mels, wave) if reconstruct == "mixture" else self.to_wave(mels, wave.shape[-1])
-        return Separation(stems, mels, z, notes)
+        return Result(stems=stems, mels=mels, latents=z, notes=notes)
 
     @torch.no_grad()
     def generate(self, n: int = 1, seconds: float = 2.56, *, guidance_w: float = 0.0, sampler: str | None = None,
@@ -176,7 +170,7 @@ class MSGLD(nn.Module):
         z = self._diffusion(sampler).sample(self.unet, self._noise(shape, generator), cond=Cond(mix=zeros),
                                             guidance_w=guidance_w, steps=steps, generator=generator)
         mels = self.decode(z, frames)
-        return {"stems": self.to_wave(mels, n_samples), "mels": mels, "latents": z}
+        return Result(stems=self.to_wave(mels, n_samples), mels=mels, latents=z)
 
     @torch.no_grad()
     def arrange(self, known_stems, known_mask, *, guidance_w: float = 0.0, sampler: str | None = None,
@@ -209,7 +203,7 @@ class MSGLD(nn.Module):
         mels = self.decode(z, frames)
         out = self.to_wave(mels, waves.shape[-1])
         out = torch.where(mask[..., None], waves.to(out.device), out)   # the given stems are returned as given
-        return {"stems": out, "mels": mels, "latents": z}
+        return Result(stems=out, mels=mels, latents=z)
 
     def save_pretrained(self, directory) -> Path:
         "Write vae/, unet/, vocoder/ (when there is one) and msgld.json into `directory`."

@@ -191,7 +191,7 @@ def test_evaluate_msgld_follows_msdms_protocol(toy, cache):
     seen = []
     def mixture_as_estimate(mix, **kw):          # every stem guessed to be the mixture: SI-SDRi is 0 by definition
         seen.append(mix.shape)
-        return Separation(mix.expand(-1, 4, -1).clone(), None, None, [])
+        return Separation(stems=mix.expand(-1, 4, -1).clone(), mels=None, latents=None, notes=[])
     pipe.separate = mixture_as_estimate
     r = evaluate_msgld(pipe, toy, "test", cache_dir=cache)
     from msg_edu.msgld import evaluate_separation           # the old name: warns, then does the same
