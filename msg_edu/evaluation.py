@@ -48,7 +48,7 @@ def sub_fad(embedder: Embedder, ref_stems, gen_stems, generated, sr: int, batch_
     imputed = torch.where(mask[None, :, None], gen_stems, ref_stems).sum(1)   # given real stems + generated ones
     return fad(embedder.embed(ref_stems.sum(1), sr, batch_size), embedder.embed(imputed, sr, batch_size))
 
-# %% ../nbs/09c_evaluation.ipynb #ae2805af
+# %% ../nbs/09c_evaluation.ipynb #de752f10
 AUDIO_SUFFIXES = (".wav", ".flac")
 EVAL_LAYOUT = "DIR/<song>/<stem>.wav (bass.wav, drums.wav, ..., optional mix.wav; .flac also read)"
 
@@ -87,6 +87,7 @@ def _stack(song: dict[str, torch.Tensor], stems: Sequence[str], n: int) -> torch
     "(S, n) stems of a song; absent stems are silence, shorter files are zero-padded."
     return torch.stack([F.pad(song[s][:n], (0, max(0, n - len(song[s])))) if s in song else torch.zeros(n) for s in stems])
 
+# %% ../nbs/09c_evaluation.ipynb #2244bfcd
 def evaluate_separation(pred, ref, *, stems: Sequence[str] | None = None, sr: int | None = None, trim: bool = False,
                         chunk_seconds: float = 4.0, hop_seconds: float = 2.0) -> dict:
     "Score separated stems in `pred` against `ref` (both EVAL_LAYOUT folders): MSDM's SI-SDRi and MSG-LD's mel metrics."
@@ -142,6 +143,7 @@ def evaluate_separation(pred, ref, *, stems: Sequence[str] | None = None, sr: in
             "protocol": {"chunk_seconds": chunk_seconds, "hop_seconds": hop_seconds, "silence_threshold": SILENCE_THRESHOLD,
                          "eps": SI_SDR_EPS, "mel": MelConfig().to_dict()}, "songs": per_song}
 
+# %% ../nbs/09c_evaluation.ipynb #9b4c3ec8
 def evaluate_generation(pred, ref, embedder: Embedder, *, stems: Sequence[str] | None = None,
                         given: Sequence[str] | None = None, sr: int | None = None) -> dict:
     "FAD per stem and of the mixtures between generated (`pred`) and real (`ref`) EVAL_LAYOUT folders; sub-FAD with `given`."
@@ -200,6 +202,7 @@ def evaluate_generation(pred, ref, embedder: Embedder, *, stems: Sequence[str] |
     report["counts"] = dict(counts)
     return report
 
+# %% ../nbs/09c_evaluation.ipynb #fba6539a
 def format_table(report: dict, digits: int = 2) -> str:
     "The report's table as a Markdown table, metrics as rows and stems as columns, as the papers print them."
     cols = report["columns"]

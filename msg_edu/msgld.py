@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params
+from .core import atomic_write, check_folder, check_int, check_number, check_tensor, n_params, patch_to
 from .pretrained import read_checkpoint
 from .data import MSDM_STEMS, SlakhIndex, canonical_class, check_dataset_root, is_silent
 from .datasets import StemsDataset
@@ -74,7 +74,7 @@ def msgld_loss(unet: MultiTrackUNet, batch: dict, diffusion: DiffusionConfig) ->
     "MSG-LD's objective on a batch of latents {'stems', 'mix'}: shared t, CFG dropout of the mixture, diffusion loss."
     return diffusion.training_loss(unet, batch["stems"], Cond(mix=batch["mix"]))
 
-# %% ../nbs/10_msgld.ipynb #e579aea5
+# %% ../nbs/10_msgld.ipynb #966621f2
 MSGLD_FORMAT = "msg_edu.msgld/1"
 
 Separation = Result   # the old name of what `MSGLD.separate` returns (stems, mels, latents, notes): one result type now
@@ -102,109 +102,35 @@ class MSGLD(nn.Module):
         if len(self.stems) != unet.config.n_tracks and unet.config.layout != "tracks":
             raise ValueError(f"{len(self.stems)} stems but the U-Net has {unet.config.n_tracks} tracks.")
         self.front = MelFrontend()
-
     @property
     def sr(self) -> int: return self.front.config.sr
-
     @property
     def multiple(self) -> int:
         "Mel frames must be a multiple of this: the VAE's and the U-Net's down-sampling together."
         return self.vae.config.down * self.unet.config.down
-
     @property
     def device(self) -> torch.device: return next(self.unet.parameters()).device
-
     def prepare_mix(self, wave, sr: int | None = None) -> tuple[torch.Tensor, list[str]]:
         "A mixture (N,), (C, N) or (B, C, N) as (B, 1, N) at the model's rate; notes say what was changed. Silence is an error."
         wave, notes = prepare_audio(wave, self.sr if sr is None else sr, self.sr, "mixture", purpose="separate")
         return wave.to(self.device), notes
-
     @torch.no_grad()
     def encode(self, waves: torch.Tensor) -> tuple[torch.Tensor, int]:
         "Waves (B, S, N) -> scaled latents (B, S, C, T', F') of their mels fitted to the latent grid; also the mel frames."
         mel = self.front(waves.to(self.device))
         return self.vae.encode_latent(fit_frames(mel, self.multiple)), mel.shape[-2]
-
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         "Latents (B, S, C, T', F') -> log-mels (B, S, T, F), brought back to `frames` frames."
         mel = self.vae.decode_latent(latents)
         return mel if frames is None else restore_frames(mel, frames)
-
     def to_wave(self, mels: torch.Tensor, n_samples: int) -> torch.Tensor:
         "Log-mels (B, S, T, F) -> waves (B, S, N) with the vocoder (Griffin-Lim when the pipeline has none)."
         return (self.vocoder or GriffinLimVocoder()).vocode(mels, n_samples)
-
     def _diffusion(self, sampler, **kw) -> DiffusionConfig:
         return self.diffusion.replace(**({"sampler": sampler} if sampler else {}), **kw)
-
     def _noise(self, shape, generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=generator.device if generator else self.device).to(self.device)
-
-    @torch.no_grad()
-    def separate(self, mix, sr: int | None = None, *, guidance_w: float = 1.0, sampler: str | None = None,
-                 steps: int | None = None, generator: torch.Generator | None = None, reconstruct: str = "mixture") -> Result:
-        "Stems of a mixture: sample the stem latents given its latent with CFG weight w, decode, reconstruct the waves."
-        steps = steps if steps is not None else (self.separate_steps or None)   # None: the diffusion config's steps
-        if reconstruct not in ("mixture", "vocoder"):
-            raise ValueError(f"reconstruct must be 'mixture' (split the mixture's STFT) or 'vocoder', got {reconstruct!r}.")
-        wave, notes = self.prepare_mix(mix, sr)
-        z_mix, frames = self.encode(wave)
-        z = self._diffusion(sampler).sample(self.unet, self._noise((z_mix.shape[0], len(self.stems), *z_mix.shape[2:]), generator),
-                                            cond=Cond(mix=z_mix), guidance_w=guidance_w, steps=steps, generator=generator)
-        mels = self.decode(z, frames)
-        stems = mixture_consistent(mels, wave) if reconstruct == "mixture" else self.to_wave(mels, wave.shape[-1])
-        return Result(stems=stems, mels=mels, latents=z, notes=notes)
-
-    @torch.no_grad()
-    def generate(self, n: int = 1, seconds: float = 2.56, *, guidance_w: float = 0.0, sampler: str | None = None,
-                 steps: int | None = None, generator: torch.Generator | None = None) -> dict:
-        "Total generation of `n` examples: every stem from noise with the mixture branch zeroed. {'stems', 'mels', 'latents'}."
-        n = check_int(n, "n", min_value=1)
-        seconds = check_number(seconds, "seconds", 0.25)
-        n_samples = int(seconds * self.sr)
-        frames = self.front.config.n_frames(n_samples)
-        T, d = latent_frames(frames, self.multiple), self.vae.config.down
-        shape = (n, len(self.stems), self.vae.config.z_channels, T // d, self.vae.config.n_mels // self.vae.config.f_down)
-        zeros = torch.zeros(n, 1, *shape[2:], device=self.device)
-        z = self._diffusion(sampler).sample(self.unet, self._noise(shape, generator), cond=Cond(mix=zeros),
-                                            guidance_w=guidance_w, steps=steps, generator=generator)
-        mels = self.decode(z, frames)
-        return Result(stems=self.to_wave(mels, n_samples), mels=mels, latents=z)
-
-    @torch.no_grad()
-    def arrange(self, known_stems, known_mask, *, guidance_w: float = 0.0, sampler: str | None = None,
-                steps: int | None = None, generator: torch.Generator | None = None, conditioning: str | None = None) -> dict:
-        "Generate the stems where `known_mask` is False given the others (B, S, N): RePaint replacement or TD-Paint."
-        waves = check_tensor(known_stems, "known_stems", ndim=3).float()
-        if waves.shape[1] != len(self.stems):
-            raise ValueError(f"known_stems must hold all {len(self.stems)} stems {self.stems} in that order (zeros where "
-                             f"unknown), got {waves.shape[1]}.")
-        mask = torch.as_tensor(known_mask, dtype=torch.bool, device=self.device)
-        if mask.shape == (len(self.stems),): mask = mask.expand(waves.shape[0], -1)
-        if mask.shape != (waves.shape[0], len(self.stems)):
-            raise ValueError(f"known_mask must be ({len(self.stems)},) or (B, {len(self.stems)}) booleans, got {tuple(mask.shape)}.")
-        if bool(mask.all(1).any()) or not bool(mask.any(1).all()):
-            raise ValueError("known_mask must mark at least one stem known and one to generate in every example; "
-                             "use generate() for none known.")
-        if waves.shape[-1] < self.sr // 4: raise ValueError(f"known_stems are {waves.shape[-1] / self.sr:.3f} s long; give at least 0.25 s.")
-        given_silent = is_silent(waves).to(self.device) & mask
-        if bool(given_silent.any()):
-            b, s = given_silent.nonzero()[0].tolist()
-            raise ValueError(f"known stem {self.stems[s]!r} of example {b} is silent; mark it unknown (known_mask False) instead.")
-        if conditioning is None: conditioning = "tdpaint" if self.unet.config.layout == "tracks" else "replace"
-        if conditioning == "tdpaint" and self.unet.config.layout != "tracks":
-            raise ValueError(f"TD-Paint gives known tracks t = 0 while the others are noisy, but the {self.unet.config.layout!r} "
-                             f"U-Net has one time embedding for all stems: use conditioning='replace' (the paper's) or a 'tracks' U-Net.")
-        z_known, frames = self.encode(waves)
-        z = self._diffusion(sampler, conditioning=conditioning).sample(
-            self.unet, self._noise(z_known.shape, generator), cond=Cond(mix=torch.zeros_like(z_known[:, :1])),
-            known=z_known, known_mask=mask, guidance_w=guidance_w, steps=steps, generator=generator)
-        mels = self.decode(z, frames)
-        out = self.to_wave(mels, waves.shape[-1])
-        out = torch.where(mask[..., None], waves.to(out.device), out)   # the given stems are returned as given
-        return Result(stems=out, mels=mels, latents=z)
-
     def save_pretrained(self, directory) -> Path:
         "Write vae/, unet/, vocoder/ (when there is one) and msgld.json into `directory`."
         directory = Path(directory); directory.mkdir(parents=True, exist_ok=True)
@@ -214,7 +140,6 @@ class MSGLD(nn.Module):
                 "vocoder": self.vocoder is not None, "segment_seconds": self.segment_seconds, "separate_steps": self.separate_steps}
         with atomic_write(directory/"msgld.json", "w") as f: json.dump(meta, f, indent=2)
         return directory
-
     @classmethod
     def from_pretrained(cls, directory, device="cpu") -> MSGLD:
         "Load what `save_pretrained` wrote; a directory of another kind is named for what it is."
@@ -232,6 +157,74 @@ class MSGLD(nn.Module):
             return cls(vae, unet, DiffusionConfig.from_dict(meta["diffusion"]), tuple(meta["stems"]), vocoder,
                        check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True),
                        meta.get("separate_steps", 0)).to(device)
+
+# %% ../nbs/10_msgld.ipynb #e45188fd
+@patch_to(MSGLD)
+@torch.no_grad()
+def separate(self, mix, sr: int | None = None, *, guidance_w: float = 1.0, sampler: str | None = None,
+             steps: int | None = None, generator: torch.Generator | None = None, reconstruct: str = "mixture") -> Result:
+    "Stems of a mixture: sample the stem latents given its latent with CFG weight w, decode, reconstruct the waves."
+    steps = steps if steps is not None else (self.separate_steps or None)   # None: the diffusion config's steps
+    if reconstruct not in ("mixture", "vocoder"):
+        raise ValueError(f"reconstruct must be 'mixture' (split the mixture's STFT) or 'vocoder', got {reconstruct!r}.")
+    wave, notes = self.prepare_mix(mix, sr)
+    z_mix, frames = self.encode(wave)
+    z = self._diffusion(sampler).sample(self.unet, self._noise((z_mix.shape[0], len(self.stems), *z_mix.shape[2:]), generator),
+                                        cond=Cond(mix=z_mix), guidance_w=guidance_w, steps=steps, generator=generator)
+    mels = self.decode(z, frames)
+    stems = mixture_consistent(mels, wave) if reconstruct == "mixture" else self.to_wave(mels, wave.shape[-1])
+    return Result(stems=stems, mels=mels, latents=z, notes=notes)
+
+@patch_to(MSGLD)
+@torch.no_grad()
+def generate(self, n: int = 1, seconds: float = 2.56, *, guidance_w: float = 0.0, sampler: str | None = None,
+             steps: int | None = None, generator: torch.Generator | None = None) -> dict:
+    "Total generation of `n` examples: every stem from noise with the mixture branch zeroed. {'stems', 'mels', 'latents'}."
+    n = check_int(n, "n", min_value=1)
+    seconds = check_number(seconds, "seconds", 0.25)
+    n_samples = int(seconds * self.sr)
+    frames = self.front.config.n_frames(n_samples)
+    T, d = latent_frames(frames, self.multiple), self.vae.config.down
+    shape = (n, len(self.stems), self.vae.config.z_channels, T // d, self.vae.config.n_mels // self.vae.config.f_down)
+    zeros = torch.zeros(n, 1, *shape[2:], device=self.device)
+    z = self._diffusion(sampler).sample(self.unet, self._noise(shape, generator), cond=Cond(mix=zeros),
+                                        guidance_w=guidance_w, steps=steps, generator=generator)
+    mels = self.decode(z, frames)
+    return Result(stems=self.to_wave(mels, n_samples), mels=mels, latents=z)
+
+@patch_to(MSGLD)
+@torch.no_grad()
+def arrange(self, known_stems, known_mask, *, guidance_w: float = 0.0, sampler: str | None = None,
+            steps: int | None = None, generator: torch.Generator | None = None, conditioning: str | None = None) -> dict:
+    "Generate the stems where `known_mask` is False given the others (B, S, N): RePaint replacement or TD-Paint."
+    waves = check_tensor(known_stems, "known_stems", ndim=3).float()
+    if waves.shape[1] != len(self.stems):
+        raise ValueError(f"known_stems must hold all {len(self.stems)} stems {self.stems} in that order (zeros where "
+                         f"unknown), got {waves.shape[1]}.")
+    mask = torch.as_tensor(known_mask, dtype=torch.bool, device=self.device)
+    if mask.shape == (len(self.stems),): mask = mask.expand(waves.shape[0], -1)
+    if mask.shape != (waves.shape[0], len(self.stems)):
+        raise ValueError(f"known_mask must be ({len(self.stems)},) or (B, {len(self.stems)}) booleans, got {tuple(mask.shape)}.")
+    if bool(mask.all(1).any()) or not bool(mask.any(1).all()):
+        raise ValueError("known_mask must mark at least one stem known and one to generate in every example; "
+                         "use generate() for none known.")
+    if waves.shape[-1] < self.sr // 4: raise ValueError(f"known_stems are {waves.shape[-1] / self.sr:.3f} s long; give at least 0.25 s.")
+    given_silent = is_silent(waves).to(self.device) & mask
+    if bool(given_silent.any()):
+        b, s = given_silent.nonzero()[0].tolist()
+        raise ValueError(f"known stem {self.stems[s]!r} of example {b} is silent; mark it unknown (known_mask False) instead.")
+    if conditioning is None: conditioning = "tdpaint" if self.unet.config.layout == "tracks" else "replace"
+    if conditioning == "tdpaint" and self.unet.config.layout != "tracks":
+        raise ValueError(f"TD-Paint gives known tracks t = 0 while the others are noisy, but the {self.unet.config.layout!r} "
+                         f"U-Net has one time embedding for all stems: use conditioning='replace' (the paper's) or a 'tracks' U-Net.")
+    z_known, frames = self.encode(waves)
+    z = self._diffusion(sampler, conditioning=conditioning).sample(
+        self.unet, self._noise(z_known.shape, generator), cond=Cond(mix=torch.zeros_like(z_known[:, :1])),
+        known=z_known, known_mask=mask, guidance_w=guidance_w, steps=steps, generator=generator)
+    mels = self.decode(z, frames)
+    out = self.to_wave(mels, waves.shape[-1])
+    out = torch.where(mask[..., None], waves.to(out.device), out)   # the given stems are returned as given
+    return Result(stems=out, mels=mels, latents=z)
 
 # %% ../nbs/10_msgld.ipynb #7d16b627
 def _from_released(cls, unet, vae=None, vocoder=None, *, weights: str = "auto", scale_factor: float | None = None,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Config, check_int, check_tensor
+from .core import Config, check_int, check_tensor, patch_to
 from .pretrained import Pretrained, check_state_dict, checkpoint_kind
 from .diffusion import check_prediction, check_track_t
 from .guidance import Cond
@@ -162,7 +162,7 @@ class UNetConfig(Config):
         "Total down-sampling of time and frequency."
         return 2 ** (len(self.channel_mult) - 1)
 
-# %% ../nbs/07_unet.ipynb #11d02508
+# %% ../nbs/07_unet.ipynb #a058bf40
 class MultiTrackUNet(nn.Module, Pretrained):
     "Denoiser model(x_t (B, S, C, T, F), t (B, S), cond) -> prediction shaped like x_t, in one of three layouts."
     def __init__(self, config: UNetConfig | None = None):
@@ -215,75 +215,6 @@ class MultiTrackUNet(nn.Module, Pretrained):
             self.mix_proj = nn.ModuleList([zero_module(nn.Conv2d(cfg.z_channels, c, 1, bias=False)) for c in self.block_channels])
 
     # ---- inputs
-    def _check(self, x_t, t, cond):
-        cfg = self.config
-        x_t = check_tensor(x_t, "x_t", ndim=5)
-        B, S, C, T, F_ = x_t.shape
-        if C != cfg.z_channels:
-            raise ValueError(f"x_t is (B, S, C, T, F) = {tuple(x_t.shape)}: C = {C} latent channels, but this U-Net was built "
-                             f"for z_channels = {cfg.z_channels}.")
-        if cfg.layout != "tracks" and S != cfg.n_tracks:
-            raise ValueError(f"x_t has {S} tracks but this {cfg.layout!r} U-Net was built for n_tracks = {cfg.n_tracks} "
-                             f"(its tracks are channels); use layout='tracks' for any number of tracks.")
-        if T % cfg.down or F_ % cfg.down:
-            raise ValueError(f"latent time and frequency (T, F) = {(T, F_)} must be multiples of the U-Net's total "
-                             f"down-sampling {cfg.down} (2 per level after the first): crop or pad the mels/latents.")
-        t = check_track_t(t, x_t)
-        if cfg.layout != "tracks" and bool((t != t[:, :1]).any()):
-            raise ValueError(f"the {cfg.layout!r} layout has one timestep per sample, but t differs across the tracks of a "
-                             f"sample ({t[(t != t[:, :1]).any(1)][0].tolist()}); use layout='tracks' for per-track times "
-                             f"(TD-Paint), or RePaint-style conditioning (conditioning='replace').")
-        mix = labels = None
-        if cond is not None:
-            if not isinstance(cond, Cond): raise TypeError(f"cond must be a msg_edu.guidance.Cond or None, got {type(cond).__name__}.")
-            mix, labels = cond.mix, cond.labels
-        if mix is not None:
-            if cfg.mix_cond == "none": raise ValueError("this U-Net was built with mix_cond='none' but cond.mix was given.")
-            if mix.shape != (B, 1, C, T, F_):
-                raise ValueError(f"cond.mix must be the mixture's latent (B, 1, C, T, F) = {(B, 1, C, T, F_)}, "
-                                 f"got {tuple(mix.shape)}.")
-        if labels is not None:
-            if not cfg.label_dim:
-                raise ValueError("cond.labels was given but this U-Net has no label embedding (build it with label_dim > 0 "
-                                 "and layout='tracks').")
-            if labels.shape != (B, S, cfg.label_dim):
-                raise ValueError(f"cond.labels must be (B, S, label_dim) = {(B, S, cfg.label_dim)}, got {tuple(labels.shape)}.")
-        return x_t, t, mix, labels
-
-    def _mix_at(self, i: int, mix, S: int):
-        "What block i adds: the mix pooled to the block's resolution (and, 2-D layouts, projected to its width)."
-        ds = self.block_ds[i]
-        if self.config.layout == "msgld":          # (B, 1, C, T, F): C is depth, pooled (1, ds, ds)
-            return F.avg_pool3d(mix, (1, ds, ds)) if ds > 1 else mix
-        m = mix[:, 0]                               # (B, C, T, F)
-        m = self.mix_proj[i](F.avg_pool2d(m, ds) if ds > 1 else m)
-        return m.repeat_interleave(S, 0) if self.config.layout == "tracks" else m
-
-    def forward(self, x_t, t, cond: Cond | None = None):
-        cfg = self.config
-        x_t, t, mix, labels = self._check(x_t, t, cond)
-        B, S, C, T, F_ = x_t.shape
-        if cfg.layout == "msgld": h, tt = x_t, t[:, 0]                        # (B, S, C, T, F): stems = channels, C = depth
-        elif cfg.layout == "stacked": h, tt = x_t.reshape(B, S * C, T, F_), t[:, 0]
-        else: h, tt = x_t.reshape(B * S, C, T, F_), t.reshape(-1)              # tracks folded into the batch
-        if cfg.mix_cond == "concat":                                          # the mixture as extra input channels
-            m = mix if mix is not None else x_t.new_zeros(B, 1, C, T, F_)     # no condition = a zero mixture (CFG)
-            m = m if cfg.layout == "msgld" else m[:, 0].repeat_interleave(S, 0) if cfg.layout == "tracks" else m[:, 0]
-            h, mix = torch.cat([h, m.to(h.dtype)], 1), None
-        emb = self.time_embed(timestep_embedding(tt * cfg.t_scale + cfg.t_offset, cfg.model_channels).to(x_t.dtype))
-        if labels is not None: emb = emb + self.label_embed(labels.reshape(B * S, -1).to(emb.dtype))
-        n = S if cfg.layout == "tracks" else 1
-        i, skips = 0, []
-        for blk in self.input_blocks:
-            if mix is not None: h = h + self._mix_at(i, mix, S)
-            h = self._run_block(blk, h, emb, n); skips.append(h); i += 1
-        h = self._run_block(self.middle_block, h, emb, n)
-        for blk in self.output_blocks:
-            h = torch.cat([h, skips.pop()], 1)
-            if mix is not None: h = h + self._mix_at(i, mix, S)           # after the skip: it reaches the skip channels too
-            h = self._run_block(blk, h, emb, n); i += 1
-        return self.out(h).reshape(x_t.shape)
-
     @staticmethod
     def _run_block(layers, h, emb, n_tracks):
         for layer in layers:
@@ -291,6 +222,80 @@ class MultiTrackUNet(nn.Module, Pretrained):
             elif isinstance(layer, TrackAttention): h = layer(h, n_tracks)
             else: h = layer(h)
         return h
+
+# %% ../nbs/07_unet.ipynb #7822d46d
+@patch_to(MultiTrackUNet)
+def _check(self, x_t, t, cond):
+    cfg = self.config
+    x_t = check_tensor(x_t, "x_t", ndim=5)
+    B, S, C, T, F_ = x_t.shape
+    if C != cfg.z_channels:
+        raise ValueError(f"x_t is (B, S, C, T, F) = {tuple(x_t.shape)}: C = {C} latent channels, but this U-Net was built "
+                         f"for z_channels = {cfg.z_channels}.")
+    if cfg.layout != "tracks" and S != cfg.n_tracks:
+        raise ValueError(f"x_t has {S} tracks but this {cfg.layout!r} U-Net was built for n_tracks = {cfg.n_tracks} "
+                         f"(its tracks are channels); use layout='tracks' for any number of tracks.")
+    if T % cfg.down or F_ % cfg.down:
+        raise ValueError(f"latent time and frequency (T, F) = {(T, F_)} must be multiples of the U-Net's total "
+                         f"down-sampling {cfg.down} (2 per level after the first): crop or pad the mels/latents.")
+    t = check_track_t(t, x_t)
+    if cfg.layout != "tracks" and bool((t != t[:, :1]).any()):
+        raise ValueError(f"the {cfg.layout!r} layout has one timestep per sample, but t differs across the tracks of a "
+                         f"sample ({t[(t != t[:, :1]).any(1)][0].tolist()}); use layout='tracks' for per-track times "
+                         f"(TD-Paint), or RePaint-style conditioning (conditioning='replace').")
+    mix = labels = None
+    if cond is not None:
+        if not isinstance(cond, Cond): raise TypeError(f"cond must be a msg_edu.guidance.Cond or None, got {type(cond).__name__}.")
+        mix, labels = cond.mix, cond.labels
+    if mix is not None:
+        if cfg.mix_cond == "none": raise ValueError("this U-Net was built with mix_cond='none' but cond.mix was given.")
+        if mix.shape != (B, 1, C, T, F_):
+            raise ValueError(f"cond.mix must be the mixture's latent (B, 1, C, T, F) = {(B, 1, C, T, F_)}, "
+                             f"got {tuple(mix.shape)}.")
+    if labels is not None:
+        if not cfg.label_dim:
+            raise ValueError("cond.labels was given but this U-Net has no label embedding (build it with label_dim > 0 "
+                             "and layout='tracks').")
+        if labels.shape != (B, S, cfg.label_dim):
+            raise ValueError(f"cond.labels must be (B, S, label_dim) = {(B, S, cfg.label_dim)}, got {tuple(labels.shape)}.")
+    return x_t, t, mix, labels
+
+# %% ../nbs/07_unet.ipynb #f389ed79
+@patch_to(MultiTrackUNet)
+def _mix_at(self, i: int, mix, S: int):
+    "What block i adds: the mix pooled to the block's resolution (and, 2-D layouts, projected to its width)."
+    ds = self.block_ds[i]
+    if self.config.layout == "msgld":          # (B, 1, C, T, F): C is depth, pooled (1, ds, ds)
+        return F.avg_pool3d(mix, (1, ds, ds)) if ds > 1 else mix
+    m = mix[:, 0]                               # (B, C, T, F)
+    m = self.mix_proj[i](F.avg_pool2d(m, ds) if ds > 1 else m)
+    return m.repeat_interleave(S, 0) if self.config.layout == "tracks" else m
+
+@patch_to(MultiTrackUNet)
+def forward(self, x_t, t, cond: Cond | None = None):
+    cfg = self.config
+    x_t, t, mix, labels = self._check(x_t, t, cond)
+    B, S, C, T, F_ = x_t.shape
+    if cfg.layout == "msgld": h, tt = x_t, t[:, 0]                        # (B, S, C, T, F): stems = channels, C = depth
+    elif cfg.layout == "stacked": h, tt = x_t.reshape(B, S * C, T, F_), t[:, 0]
+    else: h, tt = x_t.reshape(B * S, C, T, F_), t.reshape(-1)              # tracks folded into the batch
+    if cfg.mix_cond == "concat":                                          # the mixture as extra input channels
+        m = mix if mix is not None else x_t.new_zeros(B, 1, C, T, F_)     # no condition = a zero mixture (CFG)
+        m = m if cfg.layout == "msgld" else m[:, 0].repeat_interleave(S, 0) if cfg.layout == "tracks" else m[:, 0]
+        h, mix = torch.cat([h, m.to(h.dtype)], 1), None
+    emb = self.time_embed(timestep_embedding(tt * cfg.t_scale + cfg.t_offset, cfg.model_channels).to(x_t.dtype))
+    if labels is not None: emb = emb + self.label_embed(labels.reshape(B * S, -1).to(emb.dtype))
+    n = S if cfg.layout == "tracks" else 1
+    i, skips = 0, []
+    for blk in self.input_blocks:
+        if mix is not None: h = h + self._mix_at(i, mix, S)
+        h = self._run_block(blk, h, emb, n); skips.append(h); i += 1
+    h = self._run_block(self.middle_block, h, emb, n)
+    for blk in self.output_blocks:
+        h = torch.cat([h, skips.pop()], 1)
+        if mix is not None: h = h + self._mix_at(i, mix, S)           # after the skip: it reaches the skip channels too
+        h = self._run_block(blk, h, emb, n); i += 1
+    return self.out(h).reshape(x_t.shape)
 
 # %% ../nbs/07_unet.ipynb #c753f1fa
 LDM_UNET, LDM_EMA = "model.diffusion_model.", "model_ema."
