@@ -222,7 +222,7 @@ class InstrumentEmbedder(Embedder, Pretrained):
         n_win = mel.shape[1] // wf
         return self.embed_mels(mel[:, : n_win * wf].reshape(len(wave), n_win, wf, -1))
 
-# %% ../nbs/09b_embedders.ipynb #12bd1708
+# %% ../nbs/09b_embedders.ipynb #cb8d0071
 @dataclasses.dataclass
 class EmbedderTraining(Recipe):
     "Everything `train_embedder` needs: the network, the Learner's TrainConfig, and how stems and mixtures are cut."
@@ -247,6 +247,7 @@ class EmbedderTraining(Recipe):
                              f"({self.embedder.window_frames} frames = {self.embedder.window_frames / 100} s).")
         if not self.coherence_weight >= 0: raise ValueError(f"coherence_weight must be >= 0, got {self.coherence_weight}.")
 
+# %% ../nbs/09b_embedders.ipynb #52c22403
 class EmbedderData(torch.utils.data.Dataset):
     "Pairs for the embedder: {'mel': a stem window, 'label': its class in `classes`, 'mix_mel': a mixture window, 'real': 1/0}."
     def __init__(self, mels: StemMels, classes: Sequence[str], foreign: EmbedderData | None = None):
@@ -301,6 +302,7 @@ class EmbedderData(torch.utils.data.Dataset):
         mix_mel = self.mels.front(mix.clamp(-1, 1))[: self.mels.frames]
         return {"mel": self.mels[j], "label": label, "mix_mel": mix_mel, "real": real}
 
+# %% ../nbs/09b_embedders.ipynb #ed1e5d52
 def embedder_loss(model: InstrumentEmbedder, batch: dict, coherence_weight: float = 1.0) -> dict[str, torch.Tensor]:
     "Instrument cross-entropy + coherence_weight * real-vs-shuffled BCE, and both accuracies (logged)."
     logits = model(batch["mel"])
@@ -333,6 +335,7 @@ def evaluate_embedder(model: InstrumentEmbedder, data: EmbedderData, batch_size:
     return {"accuracy": correct / len(data), "chance": max(counts.values()) / len(data),
             "coherence_accuracy": coherent / len(data), "coherence_chance": max(n_real, len(data) - n_real) / len(data), "n": len(data)}
 
+# %% ../nbs/09b_embedders.ipynb #8696cc5b
 def train_embedder(data: str | os.PathLike, out: str | os.PathLike, recipe: str | EmbedderTraining = "toy", *,
                    resume: bool = False, device=None, progress: bool = True, cache_dir: str | os.PathLike | None = None,
                    seed: int = 0, cbs=()):

@@ -20,7 +20,7 @@ from .edm import EDMConfig, _sigmas, edm_precond, edm_weight, sample_sigmas
 # %% auto #0
 __all__ = ['WaveUNetConfig', 'ResBlock1d', 'Attention1d', 'WaveUNet', 'msdm_loss']
 
-# %% ../nbs/11b_waveunet.ipynb #a0239a04
+# %% ../nbs/11b_waveunet.ipynb #387bc049
 @dataclasses.dataclass
 class WaveUNetConfig(Config):
     "MSDM's denoiser: a 1-D U-Net over the waveforms with the stems as channels, patched, then strided levels."
@@ -55,6 +55,7 @@ class WaveUNetConfig(Config):
     @property
     def multiple(self) -> int: return self.patch * math.prod(self.factors)
 
+# %% ../nbs/11b_waveunet.ipynb #dd95e755
 class ResBlock1d(nn.Module):
     "GroupNorm-SiLU-conv twice, the noise embedding added between, a 1x1 skip when the width changes."
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int):
@@ -78,6 +79,7 @@ class Attention1d(nn.Module):
         x = self.norm(h).transpose(1, 2)
         return h + self.attn(x, x, x, need_weights=False)[0].transpose(1, 2)
 
+# %% ../nbs/11b_waveunet.ipynb #8ead8df2
 class WaveUNet(nn.Module, Pretrained):
     "D(x; sigma): stems (B, S, N) at noise level sigma (B,) -> their denoised estimate, with EDM's preconditioning around the U-Net F."
     def __init__(self, config: WaveUNetConfig | None = None):
