@@ -48,6 +48,8 @@ def clap_vocabulary(extra: Sequence[str] = ()) -> tuple[str, ...]:
 
 def bag_of_words(labels: str | Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
     "Instrument names -> (B, V): each row the mean of the one-hot vectors of its words in `vocabulary`; a name with no known word is refused."
+    if not isinstance(labels, (str, list, tuple)):
+        raise TypeError(f"labels are a name (a string such as 'bass') or a list of names, got {labels!r}.")
     labels = [labels] if isinstance(labels, str) else list(labels)
     if not labels: raise ValueError("no labels given: pass a name such as 'bass' or a list of names.")
     index = {w: i for i, w in enumerate(vocabulary)}

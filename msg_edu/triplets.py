@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 from typing import ClassVar
 
 import torch
@@ -15,8 +13,7 @@ from torch import nn
 
 from .core import Config, check_int, check_number, check_tensor, get_device
 from .pretrained import Pretrained
-from .clap import ClapConfig, JointEmbedder
-from .data import CLASS_ALIASES, SLAKH_CLASSES
+from .clap import ClapConfig, JointEmbedder, bag_of_words, clap_vocabulary, words_of
 from .datasets import Latents, TripletDataset
 from .guidance import Cond
 from .samplers import DiffusionConfig
@@ -25,22 +22,17 @@ from .unet import MultiTrackUNet, UNetConfig
 from .vae import AutoencoderKL
 
 # %% auto #0
-__all__ = ['ROLES', 'LABEL_KINDS', 'label_words', 'default_vocabulary', 'LabelConfig', 'LabelEncoder', 'TripletConfig',
+__all__ = ['ROLES', 'label_words', 'LABEL_KINDS', 'default_vocabulary', 'LabelConfig', 'LabelEncoder', 'TripletConfig',
            'TripletDenoiser', 'TripletLatents', 'encode_triplets', 'mgeldm_loss']
 
 # %% ../nbs/10b_triplets.ipynb #dcfa789f
 ROLES = ("mix", "submix", "source")   # the three tracks of an MGE-LDM triplet, in this order
 
-def label_words(label: str) -> list[str]:
-    "The lower-case words of an instrument name: 'Electric Bass (finger)' -> ['electric', 'bass', 'finger']."
-    if not isinstance(label, str): raise TypeError(f"a label is a string such as 'bass', got {label!r}.")
-    return re.findall(r"[a-z]+", label.lower())
+label_words = words_of   # chapter 09f's: the lower-case words of an instrument name
 
 def default_vocabulary() -> list[str]:
-    "Words of Slakh's classes and aliases and ToySlakh's program names: what a fresh label encoder knows."
-    from msg_edu.toyslakh import INSTRUMENTS
-    names = list(SLAKH_CLASSES) + list(CLASS_ALIASES) + [i.midi_program_name for i in INSTRUMENTS.values()]
-    return sorted({w for n in names for w in label_words(n)})
+    "Words of Slakh's classes and aliases and ToySlakh's program names: what a fresh label encoder knows (chapter 09f's)."
+    return list(clap_vocabulary())
 
 LABEL_KINDS = ("words", "clap")
 
@@ -91,21 +83,9 @@ class LabelEncoder(nn.Module):
                              "was trained with 'words': query it by name, or train one with model=dict(label=dict(kind='clap')).")
         return self.joint.embed_audio(wave, sr)
 
-    def known_labels(self) -> list[str]:
-        from msg_edu.toyslakh import INSTRUMENTS
-        return sorted(set(SLAKH_CLASSES) | {i.midi_program_name for i in INSTRUMENTS.values()})
-
     def token_ids(self, label: str) -> list[int]:
-        if self.config.kind == "clap": return self.joint.words(label)[0].nonzero()[:, 0].tolist()   # unknown names refused there
-        words = label_words(label)
-        if not words: raise ValueError(f"empty label {label!r}: name an instrument, e.g. 'bass' or 'Electric Piano'.")
-        ids = [self.index[w] for w in words if w in self.index]
-        if not ids:
-            close = difflib.get_close_matches(label, self.known_labels(), n=5, cutoff=0.4)
-            close += [c for c in self.known_labels() if c not in close and any(difflib.get_close_matches(w, label_words(c), cutoff=0.75) for w in words)]
-            raise ValueError(f"unknown label {label!r}: none of its words {words} is known. Close known labels: "
-                             f"{close[:6] or self.known_labels()[:10]}.")
-        return ids
+        "The vocabulary indices of a name's known words; an empty or unknown name is refused with close known labels."
+        return bag_of_words(label, self.vocabulary)[0].nonzero()[:, 0].tolist()   # (chapter 09f's check and message)
 
     def forward(self, labels) -> torch.Tensor:
         "A list of names (or one name) -> (B, dim); a tensor (B, dim) of precomputed embeddings passes through."
