@@ -233,7 +233,7 @@ def _import(args) -> None:
           f"{'HiFi-GAN' if pipe.vocoder else 'none (Griffin-Lim)'} -> {out}; use it with `msg-edu separate --model {out}` "
           f"or `msg-edu generate --model {out}`.")
 
-# %% ../nbs/12_cli.ipynb #5f14623e
+# %% ../nbs/12_cli.ipynb #711ac68a
 def _sampling_args(parser, w: float | None, kind: str = "MSG-LD", train: str = "msgld") -> None:
     parser.add_argument("--model", required=True, help=f"a trained {kind} pipeline: the OUT/model folder of `train {train}`")
     parser.add_argument("--out", required=True, help="output folder")
@@ -244,6 +244,7 @@ def _sampling_args(parser, w: float | None, kind: str = "MSG-LD", train: str = "
     parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
 
+# %% ../nbs/12_cli.ipynb #e8bf2ffd
 def build_parser() -> argparse.ArgumentParser:
     "The `msg-edu` argument parser (one subcommand per task)."
     p = _Parser(prog="msg-edu", description="msg_edu: multi-track latent diffusion for music, from scratch.")

@@ -46,7 +46,7 @@ def canonical_class(name: str) -> str:
         if name.lower() == c.lower(): return CLASS_ALIASES.get(c, c)
     raise ValueError(f"unknown instrument class {name!r}; Slakh's classes are {list(SLAKH_CLASSES)}.")
 
-# %% ../nbs/03e_data.ipynb #e1fe0b4d
+# %% ../nbs/03e_data.ipynb #9af2d368
 TRACK_FIELDS = ("UUID", "audio_dir", "midi_dir", "lmd_midi_dir", "normalization_factor", "normalized",
                 "overall_gain", "target_peak")
 STEM_FIELDS = ("audio_rendered", "inst_class", "is_drum", "integrated_loudness", "midi_program_name",
@@ -101,6 +101,7 @@ class SlakhTrack:
     @property
     def seconds(self) -> float: return self.n_samples / self.sr
 
+# %% ../nbs/03e_data.ipynb #52db3873
 def _audio_file(folder: Path, stem: str) -> Path | None:
     for ext in (".flac", ".wav"):
         if (folder / (stem + ext)).is_file(): return folder / (stem + ext)
@@ -119,6 +120,7 @@ def _check_headers(track_dir: Path, files: list[Path]) -> tuple[int, int]:
                         f"re-render the track or resample the odd files to one rate.")
     return next(iter(rates.values())), max(lengths)
 
+# %% ../nbs/03e_data.ipynb #d9cd3298
 def read_slakh_track(path: str | os.PathLike, split: str | None = None) -> SlakhTrack:
     "Parse a Slakh2100 / BabySlakh / ToySlakh track folder (or an MSDM-layout one) into a `SlakhTrack`."
     path = Path(path)

@@ -240,7 +240,7 @@ def extraction_stage(out: Path, data: Path, cache: Path, models: Path, plan: Dem
              f"{label}: extracted by name"], path=r["folder"]/"extraction.png")
     return {"classes": report, "song": track.name, "label": label}
 
-# %% ../nbs/13_demo.ipynb #a24d34bb
+# %% ../nbs/13_demo.ipynb #6ad7561e
 def demo_checks(r: dict) -> list[dict]:
     "The report's headline rows: {what, ours, baseline, better ('lower'/'higher'), ok} from the stage results."
     rows = []
@@ -272,6 +272,7 @@ def demo_checks(r: dict) -> list[dict]:
             add(f"extraction, {c}: Log-Mel L1 | baseline: mixture as estimate", v["log_mel_l1"], v["mix_log_mel_l1"])
     return rows
 
+# %% ../nbs/13_demo.ipynb #e7e2ae91
 def _audio(path: Path, root: Path, label: str) -> str:
     rel = html.escape(str(Path(path).relative_to(root)))
     return f'<figure><figcaption>{html.escape(label)}</figcaption><audio controls preload="none" src="{rel}"></audio></figure>'

@@ -266,7 +266,7 @@ class ToySlakhConfig(Config):
         if self.synth not in ("sf2", "osc"): raise ValueError(f"synth must be 'sf2' (a SoundFont) or 'osc', got {self.synth!r}.")
         if self.sf2 is not None and self.synth != "sf2": raise ValueError("sf2 (a SoundFont file) needs synth='sf2'.")
 
-# %% ../nbs/03a_toyslakh.ipynb #b07f08e2
+# %% ../nbs/03a_toyslakh.ipynb #ccf1f439
 def _split_names(cfg: ToySlakhConfig) -> list[tuple[str, int]]:
     "(split, plan index) for every track, numbered as Track00001... in this order; omitted ones duplicate train tracks."
     n_val = max(1, round(cfg.splits[1] * cfg.n_tracks)); n_test = max(1, round(cfg.splits[2] * cfg.n_tracks))
@@ -289,6 +289,7 @@ def _write_track(cfg: ToySlakhConfig, number: int, split: str, plan_index: int, 
                       lmd_midi_dir=f"lmd_matched/{uid[0].upper()}/{uid[1].upper()}/{uid}.mid")
     return name
 
+# %% ../nbs/03a_toyslakh.ipynb #df62692d
 GENERATOR_VERSION = 3  # part of the manifest: bump it when the synthesis changes, so cached sets are rewritten (3: SoundFont)
 
 def make_toy_slakh(root, n_tracks: int = 48, sr: int = 44100, seed: int = 0, *, seconds: float = 12.0, fmt: str = "flac",

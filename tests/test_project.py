@@ -131,3 +131,16 @@ def test_cli_imports_a_subcommand_s_modules_when_it_runs():
             "'msg_edu.latent', 'msg_edu.unet', 'msg_edu.render_midi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"msg_edu.cli loads pipeline modules at import time: {out}"
+
+
+def test_exported_cells_are_small_and_follow_prose():
+    "Big classes grow cell by cell (`patch_to`): no exported cell over 60 lines without prose before it, none over 100."
+    bad = []
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        for i, c in enumerate(cells):
+            src = "".join(c["source"])
+            if c["cell_type"] != "code" or not src.startswith("#| export"): continue
+            n = len(src.splitlines())
+            if n > 100 or (n > 60 and cells[i - 1]["cell_type"] != "markdown"): bad.append(f"{nb.name} cell {i}: {n} lines")
+    assert not bad, f"split these exported cells (a prose cell before each piece): {bad}"
