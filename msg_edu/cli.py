@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import platform
@@ -131,6 +132,22 @@ RECIPES = {   # (module, recipe class, training function, summary): imported whe
 
 def _gib(n: float) -> str: return f"{n / 2**30:.2f} GiB"
 
+def _settings(pairs: list[str]) -> dict:
+    "--set KEY=VALUE pairs (dotted keys into the recipe, JSON or plain-text values) -> nested overrides for `preset`."
+    out = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not k.isidentifier() for k in key.split(".")):
+            raise ValueError(f"--set {pair!r}: write KEY=VALUE with a dotted key into the recipe, e.g. --set train.lr=1e-3 "
+                             f"or --set model.label.kind=clap.")
+        try: value = json.loads(raw)
+        except json.JSONDecodeError: value = raw               # a plain word: clap, dit, cosine
+        *path, last = key.split(".")
+        d = out
+        for k in path: d = d.setdefault(k, {})
+        d[last] = value
+    return out
+
 def _train(args) -> None:
     import importlib
     module, recipe_name, train_name, summary = RECIPES[args.model]
@@ -138,7 +155,7 @@ def _train(args) -> None:
     recipe_cls, train_fn = getattr(module, recipe_name), getattr(module, train_name)
     if args.vae and args.model not in ("msgld", "mgeldm"):
         raise ValueError("--vae (a trained VAE to reuse) belongs to `train msgld` and `train mgeldm`.")
-    recipe = recipe_cls.preset(args.preset)
+    recipe = recipe_cls.preset(args.preset, **_settings(args.set))
     if args.steps is not None:
         recipe = recipe.replace(train=recipe.train.replace(steps=args.steps, warmup=min(recipe.train.warmup, args.steps)).to_dict())
     if args.dry_run:
@@ -286,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default="toy", choices=PRESETS, help="tiny: seconds, toy: minutes on a CPU, slakh: the paper's")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     r.add_argument("--steps", type=COUNT, help="train this many updates instead of the preset's")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="change one recipe setting, a dotted key into the "
+                   "preset (repeatable): --set train.lr=1e-3, --set model.label.kind=clap (MGE-LDM queries by name or audio)")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     r.add_argument("--cache", help="where decoded 16 kHz audio is cached (default: $MSG_EDU_CACHE or ~/.cache/msg_edu)")
     r.add_argument("--seed", type=SEED, default=0)

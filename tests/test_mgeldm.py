@@ -172,3 +172,13 @@ def test_clap_labels_train_end_to_end_and_extract_by_an_audio_example(toy, cache
 
 def test_word_labels_refuse_audio_queries(pipe):
     with pytest.raises(ValueError, match="need a 'clap' label encoder"): pipe.query(tone(2.0), 16000)
+
+
+def test_cli_set_changes_one_recipe_setting():
+    from msg_edu.cli import _settings
+    over = _settings(["model.label.kind=clap", "train.lr=1e-3", "class_balance=false"])
+    assert over == {"model": {"label": {"kind": "clap"}}, "train": {"lr": 1e-3}, "class_balance": False}
+    r = MGELDMTraining.preset("toy", **over)
+    assert r.model.label.kind == "clap" and r.train.lr == 1e-3 and not r.class_balance and r.train.steps == 1000
+    with pytest.raises(ValueError, match="KEY=VALUE"): _settings(["lr"])
+    with pytest.raises(ValueError, match="has no field"): MGELDMTraining.preset("toy", **_settings(["train.lrr=1"]))
