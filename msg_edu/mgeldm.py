@@ -64,7 +64,7 @@ class MGELDMTraining(LatentTraining):
                                  ema_decay=0.9999, log_every=100, valid_every=5000, save_every=5000))}
 
     @property
-    def denoiser(self) -> UNetConfig: return self.model.unet
+    def denoiser(self) -> UNetConfig: return self.model.denoiser   # the U-Net's or the DiT's config (`model.backbone`)
 
     def validate(self):
         super().validate()
@@ -90,7 +90,7 @@ class MGELDM(nn.Module):
     @property
     def sr(self) -> int: return self.front.config.sr
     @property
-    def multiple(self) -> int: return self.vae.config.down * self.model.config.unet.down
+    def multiple(self) -> int: return self.vae.config.down * self.model.config.denoiser.down
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
 
@@ -250,7 +250,7 @@ def _triplets(vae, data, split: str, recipe: MGELDMTraining, out: Path, cache_di
     "Every (segment, sounding class) triplet of a split, encoded once and kept in out/latents."
     ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
                         recipe.hop_seconds or None, mode="all")
-    multiple = vae.config.down * recipe.model.unet.down
+    multiple = vae.config.down * recipe.model.denoiser.down
     return load_or_encode(latents_path(out, split, recipe, len(ds), multiple, vae), TripletLatents,
                           lambda: encode_triplets(vae, ds, multiple, device=device))
 
