@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
@@ -61,18 +60,20 @@ class DiTConfig(Config):
 # %% ../nbs/07b_dit.ipynb #484b01a7
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     "Latents (B, S, C, T, F) -> tokens (B, S, T / patch, C * patch * F): each patch of frames, all channels and bins, one vector."
-    B, S, C, T, F_ = x.shape
+    B, S, C, T, F_ = check_tensor(x, "x", ndim=5, finite=False).shape
+    if T % check_int(patch, "patch", min_value=1): raise ValueError(f"T = {T} frames is not a multiple of patch = {patch}: pad the time axis.")
     return x.reshape(B, S, C, T // patch, patch, F_).permute(0, 1, 3, 2, 4, 5).reshape(B, S, T // patch, C * patch * F_)
 
 def unpatchify(tok: torch.Tensor, z_channels: int, patch: int) -> torch.Tensor:
     "The inverse of `patchify`: tokens (B, S, N, C * patch * F) -> latents (B, S, C, N * patch, F)."
-    B, S, N, D = tok.shape
+    B, S, N, D = check_tensor(tok, "tok", ndim=4, finite=False).shape
+    if D % (z_channels * patch): raise ValueError(f"a token of {D} numbers does not split into z_channels x patch = {z_channels} x {patch}.")
     F_ = D // (z_channels * patch)
     return tok.reshape(B, S, N, z_channels, patch, F_).permute(0, 1, 3, 2, 4, 5).reshape(B, S, z_channels, N * patch, F_)
 
 def time_positions(n: int, dim: int, device=None) -> torch.Tensor:
     "Sinusoidal features (n, dim) of the patch index 0..n-1: positions for any length, the same for every track."
-    return timestep_embedding(torch.arange(n, device=device), dim)
+    return timestep_embedding(torch.arange(check_int(n, "n", min_value=0), device=device), check_int(dim, "dim", min_value=1))
 
 # %% ../nbs/07b_dit.ipynb #95408798
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
