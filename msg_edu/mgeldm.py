@@ -67,7 +67,7 @@ class MGELDMTraining(LatentTraining):
                                  ema_decay=0.9999, log_every=100, valid_every=5000, save_every=5000))}
 
     @property
-    def denoiser(self) -> UNetConfig: return self.model.unet
+    def denoiser(self) -> UNetConfig: return self.model.denoiser   # the U-Net's or the DiT's config (`model.backbone`)
 
     def validate(self):
         super().validate()
@@ -93,7 +93,7 @@ class MGELDM(nn.Module):
     @property
     def sr(self) -> int: return self.front.config.sr
     @property
-    def multiple(self) -> int: return self.vae.config.down * self.model.config.unet.down
+    def multiple(self) -> int: return self.vae.config.down * self.model.config.denoiser.down
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
 
@@ -261,7 +261,7 @@ def _triplets(vae, data, split: str, recipe: MGELDMTraining, out: Path, cache_di
     "Every (segment, sounding class) triplet of a split, encoded once (with its source's audio query, given the `joint` embedder) and kept in out/latents."
     ds = TripletDataset(SlakhIndex(data, split, stems="all", cache_dir=cache_dir), recipe.segment_seconds,
                         recipe.hop_seconds or None, mode="all")
-    multiple = vae.config.down * recipe.model.unet.down
+    multiple = vae.config.down * recipe.model.denoiser.down
     path = latents_path(out, split, recipe, len(ds), multiple, vae)
     if joint is not None: path = path.with_name(f"{path.stem}_clap{path.suffix}")
     return load_or_encode(path, TripletLatents, lambda: encode_triplets(vae, ds, multiple, device=device, joint=joint))
@@ -270,7 +270,7 @@ def with_query_space(model: TripletConfig, clap) -> TripletConfig:
     "`model` with 'clap' labels in the joint embedder's space (its config `clap`): the label width follows the embedder's."
     d = model.to_dict()
     d["label"].update(kind="clap", clap=clap.to_dict(), dim=clap.dim)
-    d["unet"]["label_dim"] = clap.dim
+    d["unet"]["label_dim"] = d["dit"]["label_dim"] = clap.dim
     return TripletConfig.from_dict(d)
 
 def query_embedder(data, out, recipe: MGELDMTraining, clap=None, *, device=None, progress: bool = True, cache_dir=None,

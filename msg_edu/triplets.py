@@ -19,6 +19,7 @@ from .guidance import Cond
 from .samplers import DiffusionConfig
 from .mel import MelFrontend
 from .unet import MultiTrackUNet, UNetConfig
+from .dit import DiTConfig, TrackDiT
 from .vae import AutoencoderKL
 
 # %% auto #0
@@ -102,12 +103,16 @@ class LabelEncoder(nn.Module):
         return self.words(flat, offsets)
 
 # %% ../nbs/10b_triplets.ipynb #9473503a
+_BACKBONES = ("unet", "dit")   # TripletConfig.backbone
+
 @dataclasses.dataclass
 class TripletConfig(Config):
-    "MGE-LDM's denoiser: a track-axis U-Net over (mix, submix, source) latents, per-track times, per-track labels."
+    "MGE-LDM's denoiser: a track-axis U-Net (or the paper's track-grouped DiT) over (mix, submix, source), per-track times and labels."
     unet: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(layout="tracks", n_tracks=3, mix_cond="none",
                                                                               label_dim=32, film=True, prediction="v"))
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
+    backbone: str = "unet"            # 'unet' (chapter 07) or 'dit' (chapter 07b); configs saved before the DiT: 'unet'
+    dit: DiTConfig = dataclasses.field(default_factory=lambda: DiTConfig(label_dim=32))
     presets: ClassVar[dict] = {}
 
     @classmethod
@@ -117,22 +122,36 @@ class TripletConfig(Config):
         label = LabelConfig.preset(name, **overrides.pop("label", {}))
         unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond="none", label_dim=label.dim, film=True,
                                                  prediction="v"), **overrides.pop("unet", {})})
-        return cls(unet=unet, label=label, **overrides)
+        dit = DiTConfig.preset(name, **{**dict(label_dim=label.dim), **overrides.pop("dit", {})})
+        return cls(unet=unet, label=label, dit=dit, **overrides)
+
+    @property
+    def denoiser(self) -> UNetConfig | DiTConfig:
+        "The chosen backbone's config: its `prediction`, `down`, `z_channels` and `label_dim`."
+        return self.dit if self.backbone == "dit" else self.unet
 
     def validate(self):
+        if self.backbone not in _BACKBONES: raise ValueError(f"backbone must be one of {_BACKBONES}, got {self.backbone!r}.")
         if self.unet.layout != "tracks": raise ValueError(f"MGE-LDM needs the track-axis U-Net (layout='tracks'), got {self.unet.layout!r}.")
-        if self.unet.label_dim != self.label.dim:
-            raise ValueError(f"the U-Net's label_dim {self.unet.label_dim} must equal the label encoder's dim {self.label.dim}.")
+        if self.denoiser.label_dim != self.label.dim:
+            raise ValueError(f"the {'DiT' if self.backbone == 'dit' else 'U-Net'}'s label_dim {self.denoiser.label_dim} must equal "
+                             f"the label encoder's dim {self.label.dim}.")
+        if self.backbone == "dit" and self.dit.n_tracks != len(ROLES):
+            raise ValueError(f"the DiT holds one role per track: n_tracks must be {len(ROLES)} {ROLES}, got {self.dit.n_tracks}.")
 
 class TripletDenoiser(nn.Module, Pretrained):
-    "model(z_t (B, 3, C, T, F), t (B, 3), Cond(labels=(B, 3, D))) -> prediction; a learned role (mix/submix/source) is added to each track's label."
+    "model(z_t (B, 3, C, T, F), t (B, 3), Cond(labels=(B, 3, D))) -> prediction; a learned role (mix/submix/source) tells the tracks apart."
     def __init__(self, config: TripletConfig | None = None):
         super().__init__()
         self.config = cfg = config or TripletConfig.preset()
-        self.unet, self.labels = MultiTrackUNet(cfg.unet), LabelEncoder(cfg.label)
+        if cfg.backbone == "dit": self.dit, self.labels = TrackDiT(cfg.dit), LabelEncoder(cfg.label)   # the DiT holds its roles
+        else: self.unet, self.labels = MultiTrackUNet(cfg.unet), LabelEncoder(cfg.label)
         self.config = cfg = cfg.replace(label=self.labels.config.to_dict())   # the vocabulary is part of the checkpoint
-        self.roles = nn.Parameter(torch.randn(len(ROLES), cfg.label.dim))
-        self.prediction = cfg.unet.prediction
+        if cfg.backbone == "unet": self.roles = nn.Parameter(torch.randn(len(ROLES), cfg.label.dim))   # added to the labels
+        self.prediction = cfg.denoiser.prediction
+
+    @property
+    def backbone(self) -> nn.Module: return self.dit if self.config.backbone == "dit" else self.unet
 
     def label_cond(self, source_labels, batch: int | None = None) -> torch.Tensor:
         "Per-track labels (B, 3, D): zeros for mix and submix, the encoded instrument name (or embedding) for the source."
@@ -146,7 +165,8 @@ class TripletDenoiser(nn.Module, Pretrained):
         x_t = check_tensor(x_t, "x_t", ndim=5)
         if x_t.shape[1] != len(ROLES): raise ValueError(f"x_t must hold the 3 tracks {ROLES}, got {x_t.shape[1]}.")
         labels = cond.labels if cond is not None and cond.labels is not None else x_t.new_zeros(x_t.shape[0], 3, self.config.label.dim)
-        return self.unet(x_t, t, Cond(labels=labels + self.roles.to(labels.dtype)))
+        if self.config.backbone == "unet": labels = labels + self.roles.to(labels.dtype)
+        return self.backbone(x_t, t, Cond(labels=labels))
 
 # %% ../nbs/10b_triplets.ipynb #d5f9ef25
 class TripletLatents(Latents):
