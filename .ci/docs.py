@@ -66,16 +66,16 @@ def execute(src: Path, dest: Path) -> None:
     write_nb(nb, dest)
 
 
-MAX_LINES, MAX_WIDTH, MAX_HTML = 30, 900, 20_000   # what a committed notebook keeps of a cell's output
+MAX_LINES, MAX_WIDTH, MAX_HTML, BUDGET_KB = 30, 900, 20_000, 200   # what a committed notebook keeps of a cell's output
 
 
-def _small_png(b64: str) -> str:
-    "A plot as a small PNG: at most MAX_WIDTH pixels wide, 128 colours (plots have few); the original if that is no smaller."
+def _small_png(b64: str, width: int = MAX_WIDTH, colours: int = 128) -> str:
+    "A plot as a small PNG: at most `width` pixels wide, `colours` colours (plots have few); the original if that is no smaller."
     import base64, io
     from PIL import Image
     im = Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
-    if im.width > MAX_WIDTH: im = im.resize((MAX_WIDTH, round(im.height * MAX_WIDTH / im.width)), Image.LANCZOS)
-    buf = io.BytesIO(); im.quantize(128).save(buf, "PNG", optimize=True)
+    if im.width > width: im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+    buf = io.BytesIO(); im.quantize(colours).save(buf, "PNG", optimize=True)
     small = base64.b64encode(buf.getvalue()).decode()
     return small if len(small) < len(b64) else b64
 
@@ -86,7 +86,7 @@ def _short(text: str) -> str:
     return "".join(lines[:20] + [f"... ({len(lines) - 28} lines left out; run the notebook for all of them)\n"] + lines[-8:])
 
 
-def slim_outputs(outputs: list) -> list:
+def slim_outputs(outputs: list, width: int = MAX_WIDTH, colours: int = 128) -> list:
     "What a committed notebook keeps: plots as small PNGs, text and small tables, long logs shortened; no audio, no widgets."
     kept = []
     for o in outputs:
@@ -100,7 +100,8 @@ def slim_outputs(outputs: list) -> list:
             kept.append({"output_type": "display_data", "metadata": {},
                          "data": {"text/plain": f"{note}: run the notebook, or open the course site (make docs)"}}); continue
         if "image/png" in data:
-            data = {"image/png": _small_png("".join(data["image/png"]).replace("\n", "")), "text/plain": data.get("text/plain", "")}
+            data = {"image/png": _small_png("".join(data["image/png"]).replace("\n", ""), width, colours),
+                    "text/plain": data.get("text/plain", "")}
         elif html_ and len(html_) > MAX_HTML: data.pop("text/html")
         if "text/plain" in data: data["text/plain"] = _short("".join(data["text/plain"]))
         kept.append({**o, "data": data, "metadata": {}})
@@ -109,7 +110,7 @@ def slim_outputs(outputs: list) -> list:
 
 def outputs(jobs: int, glob: str = "*.ipynb") -> None:
     "Execute every chapter as `build` does and keep its slimmed outputs in nbs/ (then nbdev_clean normalises them)."
-    notebooks = sorted(NBS.glob(glob))
+    notebooks = sorted({nb for g in glob.split(",") for nb in NBS.glob(g.strip())})
     tmp = ROOT / "_docs" / "outputs"; shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     def run(nb: Path):
         return nb, subprocess.run([sys.executable, __file__, "_execute", str(nb), str(tmp / nb.name)], capture_output=True,
@@ -119,10 +120,14 @@ def outputs(jobs: int, glob: str = "*.ipynb") -> None:
         for nb, r in pool.map(run, notebooks):
             if r.returncode: failed.append(nb.name); print(f"FAILED {nb.name}:\n{r.stderr[-3000:]}", file=sys.stderr); continue
             src, done = json.loads(nb.read_text()), json.loads((tmp / nb.name).read_text())
-            for c, d in zip(src["cells"], done["cells"]):
-                if c["cell_type"] == "code": c["outputs"] = [] if _skipped_dict(c) else slim_outputs(d.get("outputs", []))
+            if [c.get("id") for c in src["cells"]] != [c.get("id") for c in done["cells"]]:
+                failed.append(nb.name); print(f"{nb.name} changed while it ran; run outputs again", file=sys.stderr); continue
+            for width, colours in ((MAX_WIDTH, 128), (640, 32)):      # smaller plots for a chapter with many of them
+                for c, d in zip(src["cells"], done["cells"]):
+                    if c["cell_type"] == "code": c["outputs"] = [] if _skipped_dict(c) else slim_outputs(d.get("outputs", []), width, colours)
+                kb = sum(len(json.dumps(c.get("outputs", []))) for c in src["cells"]) / 1000
+                if kb <= BUDGET_KB: break
             nb.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
-            kb = sum(len(json.dumps(c.get("outputs", []))) for c in src["cells"]) / 1000
             print(f"{nb.name}: {kb:.0f} kB of outputs", flush=True)
     shutil.rmtree(tmp)
     if failed: raise SystemExit(f"{len(failed)} notebook(s) failed to execute: {failed}")
@@ -233,7 +238,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, default=ROOT / "_docs")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--screenshots", type=Path)
-    ap.add_argument("--glob", default="*.ipynb", help="outputs: which notebooks")
+    ap.add_argument("--glob", default="*.ipynb", help="outputs: which notebooks (comma-separated globs)")
     a = ap.parse_args()
     if a.command == "outputs": outputs(a.jobs, a.glob)
     else: build(a.out, a.jobs) if a.command == "build" else check(a.out, a.screenshots)

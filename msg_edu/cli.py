@@ -261,6 +261,40 @@ def _sampling_args(parser, w: float | None, kind: str = "MSG-LD", train: str = "
     parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
 
+# %% ../nbs/12_cli.ipynb #5f8a1086
+def _task_parsers(sub) -> None:
+    "The four tasks' subcommands: separate, generate (MSG-LD or MSDM), extract and add-stem (MGE-LDM)."
+    s = sub.add_parser("separate", help="separate audio files into stems with a trained MSG-LD or MSDM")
+    s.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
+    _sampling_args(s, 1.0, "MSG-LD or MSDM", "msgld` or `train msdm")
+    s.add_argument("--constraint", choices=("dirac", "gaussian"), help="MSDM: the Dirac separator (stems sum to the mixture; default) or the Gaussian one")
+    s.add_argument("--reconstruct", choices=("mixture", "vocoder"), default="mixture",
+                   help="mixture: split the mixture's STFT (stems sum to it; default); vocoder: synthesise each stem")
+    s.add_argument("--segment", type=AUDIO_SECONDS, help="seconds per separated segment, at least 0.25 (default: the model's training segment)")
+    s.add_argument("--batch", type=COUNT, default=4, help="segments separated together (default 4): memory, not length, grows with it")
+    s.set_defaults(func=_separate)
+    g = sub.add_parser("generate", help="generate four-stem songs with a trained MSG-LD or MSDM")
+    _sampling_args(g, 0.0, "MSG-LD or MSDM", "msgld` or `train msdm")
+    g.add_argument("--n", type=COUNT, default=1, help="how many songs")
+    g.add_argument("--seconds", type=AUDIO_SECONDS, help="length, at least 0.25 (default: the model's training segment)")
+    g.set_defaults(func=_generate)
+    x = sub.add_parser("extract", help="extract a stem by its instrument name, or by an audio example, with a trained MGE-LDM")
+    x.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
+    q = x.add_mutually_exclusive_group(required=True)
+    q.add_argument("--label", help="the instrument to extract, e.g. bass, 'electric piano', strings")
+    q.add_argument("--query-audio", metavar="FILE", help="extract what sounds like this clip (at least 1 s of the "
+                   "instrument); needs a model trained with CLAP-style labels (model=dict(label=dict(kind='clap')))")
+    _sampling_args(x, None, "MGE-LDM", "mgeldm")
+    x.add_argument("--conditioning", choices=("tdpaint", "replace"), help="mixture given at t = 0 (default) or re-noised (RePaint)")
+    x.add_argument("--batch", type=COUNT, default=4, help="segments processed together (default 4)")
+    x.set_defaults(func=_extract)
+    a = sub.add_parser("add-stem", help="add a stem of an instrument to a submix (or to silence) with a trained MGE-LDM")
+    a.add_argument("--label", required=True, help="the instrument to add")
+    a.add_argument("--submix", help="the audio to add it to (default: silence of --seconds)")
+    a.add_argument("--seconds", type=AUDIO_SECONDS, help="length when there is no --submix, at least 0.25 (default: the model's segment)")
+    _sampling_args(a, 1.0, "MGE-LDM", "mgeldm")
+    a.set_defaults(func=_add_stem)
+
 # %% ../nbs/12_cli.ipynb #e8bf2ffd
 def build_parser() -> argparse.ArgumentParser:
     "The `msg-edu` argument parser (one subcommand per task)."
@@ -311,36 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--vae", help="msgld: a trained VAE folder to use instead of training one into OUT/vae")
     r.add_argument("--dry-run", action="store_true", help="msgld: print parameters, estimated memory, steps per epoch; train nothing")
     r.set_defaults(func=_train)
-    s = sub.add_parser("separate", help="separate audio files into stems with a trained MSG-LD or MSDM")
-    s.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
-    _sampling_args(s, 1.0, "MSG-LD or MSDM", "msgld` or `train msdm")
-    s.add_argument("--constraint", choices=("dirac", "gaussian"), help="MSDM: the Dirac separator (stems sum to the mixture; default) or the Gaussian one")
-    s.add_argument("--reconstruct", choices=("mixture", "vocoder"), default="mixture",
-                   help="mixture: split the mixture's STFT (stems sum to it; default); vocoder: synthesise each stem")
-    s.add_argument("--segment", type=AUDIO_SECONDS, help="seconds per separated segment, at least 0.25 (default: the model's training segment)")
-    s.add_argument("--batch", type=COUNT, default=4, help="segments separated together (default 4): memory, not length, grows with it")
-    s.set_defaults(func=_separate)
-    g = sub.add_parser("generate", help="generate four-stem songs with a trained MSG-LD or MSDM")
-    _sampling_args(g, 0.0, "MSG-LD or MSDM", "msgld` or `train msdm")
-    g.add_argument("--n", type=COUNT, default=1, help="how many songs")
-    g.add_argument("--seconds", type=AUDIO_SECONDS, help="length, at least 0.25 (default: the model's training segment)")
-    g.set_defaults(func=_generate)
-    x = sub.add_parser("extract", help="extract a stem by its instrument name, or by an audio example, with a trained MGE-LDM")
-    x.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC, any rate and channels)")
-    q = x.add_mutually_exclusive_group(required=True)
-    q.add_argument("--label", help="the instrument to extract, e.g. bass, 'electric piano', strings")
-    q.add_argument("--query-audio", metavar="FILE", help="extract what sounds like this clip (at least 1 s of the "
-                   "instrument); needs a model trained with CLAP-style labels (model=dict(label=dict(kind='clap')))")
-    _sampling_args(x, None, "MGE-LDM", "mgeldm")
-    x.add_argument("--conditioning", choices=("tdpaint", "replace"), help="mixture given at t = 0 (default) or re-noised (RePaint)")
-    x.add_argument("--batch", type=COUNT, default=4, help="segments processed together (default 4)")
-    x.set_defaults(func=_extract)
-    a = sub.add_parser("add-stem", help="add a stem of an instrument to a submix (or to silence) with a trained MGE-LDM")
-    a.add_argument("--label", required=True, help="the instrument to add")
-    a.add_argument("--submix", help="the audio to add it to (default: silence of --seconds)")
-    a.add_argument("--seconds", type=AUDIO_SECONDS, help="length when there is no --submix, at least 0.25 (default: the model's segment)")
-    _sampling_args(a, 1.0, "MGE-LDM", "mgeldm")
-    a.set_defaults(func=_add_stem)
+    _task_parsers(sub)
     i = sub.add_parser("import", help="build a model folder from the authors' released weights (read safely, never downloaded)")
     i.add_argument("model", choices=("msgld",), help="whose weights")
     i.add_argument("--unet", required=True, help="MSG-LD's U-Net checkpoint (the *_checkpoint.pt of the authors' README)")
@@ -375,7 +380,7 @@ def _interrupted(args) -> str:
     if args.command == "train" and not getattr(args, "dry_run", False):
         found = run_contents(args.out)
         return (f"; the run in {args.out} keeps its checkpoints: rerun the same command with --resume to continue" if found
-                else f"; nothing was trained yet: rerun the command to start again")
+                else "; nothing was trained yet: rerun the command to start again")
     return "; every file already written is complete, the one being written was left out"
 
 def _one_line(e: BaseException) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .checkpoint import has_checkpoint
 from .clap import ClapTraining, JointEmbedder, train_clap
-from .core import atomic_write, check_folder, check_int, check_number, markdown_table
+from .core import atomic_write, check_folder, check_int, check_number, markdown_table, patch_to
 from .data import SlakhIndex
 from .datasets import TripletDataset
 from .guidance import Cond
@@ -30,6 +30,7 @@ from .latent import (LatentTraining, Result, by_segments, check_sampling, descri
                             last_loss, latent_frames, latents_path, load_or_encode, pipeline_meta, pipeline_parts, prepare_audio,
                             restore_frames, start_run)
 from .unet import UNetConfig
+from .dit import DiTConfig
 from .vae import AutoencoderKL
 from .vocoder import GriffinLimVocoder, HiFiGAN, mixture_consistent
 from .triplets import (ROLES, LabelConfig, LabelEncoder, TripletConfig, TripletDenoiser, TripletLatents,  # noqa: F401
@@ -67,14 +68,14 @@ class MGELDMTraining(LatentTraining):
                                  ema_decay=0.9999, log_every=100, valid_every=5000, save_every=5000))}
 
     @property
-    def denoiser(self) -> UNetConfig: return self.model.denoiser   # the U-Net's or the DiT's config (`model.backbone`)
+    def denoiser(self) -> UNetConfig | DiTConfig: return self.model.denoiser   # the chosen backbone's config (`model.backbone`)
 
     def validate(self):
         super().validate()
         if self.sample_posterior: raise ValueError("MGE-LDM's triplet latents are posterior means; sample_posterior is MSG-LD's.")
         check_number(self.extract_w, "extract_w")
 
-# %% ../nbs/11_mgeldm.ipynb #c43f86ef
+# %% ../nbs/11_mgeldm.ipynb #786552ff
 MGELDM_FORMAT = "msg_edu.mgeldm/1"
 
 class MGELDM(nn.Module):
@@ -89,25 +90,21 @@ class MGELDM(nn.Module):
         self.segment_seconds = float(segment_seconds)
         self.extract_w = check_number(extract_w, "extract_w")   # extraction's CFG weight when a call gives none
         self.front = MelFrontend()
-
     @property
     def sr(self) -> int: return self.front.config.sr
     @property
     def multiple(self) -> int: return self.vae.config.down * self.model.config.denoiser.down
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
-
     def prepare(self, wave, sr: int | None, name: str, allow_silence: bool = False) -> tuple[torch.Tensor, list[str]]:
         "Audio (N,), (C, N) or (B, C, N) -> (B, 1, N) at the model's rate, downmixed/resampled with notes."
         wave, notes = prepare_audio(wave, self.sr if sr is None else sr, self.sr, name, purpose="extract from",
                                     allow_silence=allow_silence)
         return wave.to(self.device), notes
-
     @torch.no_grad()
     def encode(self, waves) -> tuple[torch.Tensor, int]:
         mel = self.front(waves.to(self.device))
         return self.vae.encode_latent(fit_frames(mel, self.multiple)), mel.shape[-2]
-
     @torch.no_grad()
     def sample(self, shape, label, *, known=None, known_mask=None, guidance_w: float | None = None, sampler: str | None = None,
                steps: int | None = None, conditioning: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -117,74 +114,12 @@ class MGELDM(nn.Module):
         x_T = torch.randn(shape, generator=generator, device=generator.device if generator else self.device).to(self.device)
         return diff.sample(self.model, x_T, cond=Cond(labels=labels), known=known, known_mask=known_mask,
                            guidance_w=guidance_w, steps=steps, generator=generator)
-
     def _frames(self, n_samples: int) -> tuple[int, tuple]:
         frames = self.front.config.n_frames(n_samples)
         T, d = latent_frames(frames, self.multiple), self.vae.config.down
         return frames, (self.vae.config.z_channels, T // d, self.vae.config.n_mels // self.vae.config.f_down)
-
     def to_wave(self, mels, n_samples: int) -> torch.Tensor:
         return (self.vocoder or GriffinLimVocoder()).vocode(mels, n_samples)
-
-    @torch.no_grad()
-    def generate(self, n: int = 1, seconds: float | None = None, label="bass", *, guidance_w: float | None = None,
-                 sampler: str | None = None, steps: int | None = None, generator=None) -> dict:
-        "Total generation: mix, submix and a source of `label`, all from noise. {'mix', 'submix', 'source', 'mels'}."
-        n = check_int(n, "n", min_value=1)
-        n_samples = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
-        frames, zshape = self._frames(n_samples)
-        z = self.sample((n, 3, *zshape), label, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=generator)
-        mels = restore_frames(self.vae.decode_latent(z), frames)
-        waves = self.to_wave(mels, n_samples)
-        return Result(mix=waves[:, 0], submix=waves[:, 1], source=waves[:, 2], mels=mels)
-
-    def query(self, audio, sr: int) -> torch.Tensor:
-        "An audio example -> (1, D) query for `extract`/`add_stem`: 'the sound that is like this clip' ('clap' labels only)."
-        return self.model.labels.embed_audio(audio, sr).to(self.device)
-
-    @torch.no_grad()
-    def extract(self, mix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
-                steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
-        "Source extraction: the mix given (t = 0), submix and the `label` source (a name, or a query from `query`) sampled (CFG weight: `extract_w` unless given); waves split from the mix's STFT."
-        if guidance_w is None: guidance_w = self.extract_w
-        wave, notes = self.prepare(mix, sr, "mixture")
-        z_mix, frames = self.encode(wave)
-        known = torch.cat([z_mix, torch.zeros_like(z_mix), torch.zeros_like(z_mix)], 1)
-        z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([True, False, False], device=self.device), guidance_w=guidance_w,
-                        sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
-        mels = restore_frames(self.vae.decode_latent(z[:, 1:]), frames)                  # (B, 2, T, F): submix, source
-        parts = mixture_consistent(mels, wave)                                      # they sum to the mixture
-        return Result(source=parts[:, 1], submix=parts[:, 0], mels=mels, notes=notes)
-
-    @torch.no_grad()
-    def add_stem(self, submix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
-                 steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
-        "Partial generation: a new `label` stem that fits the given submix (silence allowed). {'source', 'mix', 'mels'}."
-        wave, notes = self.prepare(submix, sr, "submix", allow_silence=True)
-        n = wave.shape[-1]
-        if n > int(self.segment_seconds * self.sr * 4):
-            raise ValueError(f"the submix is {n / self.sr:.1f} s long; this model was trained on {self.segment_seconds:g} s "
-                             f"segments: add stems to pieces of at most {4 * self.segment_seconds:g} s and join them.")
-        z_sub, frames = self.encode(wave)
-        known = torch.cat([torch.zeros_like(z_sub), z_sub, torch.zeros_like(z_sub)], 1)
-        z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([False, True, False], device=self.device), guidance_w=guidance_w,
-                        sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
-        mels = restore_frames(self.vae.decode_latent(z), frames)
-        source = self.to_wave(mels[:, 2], n)
-        return Result(source=source, mix=(wave[:, 0] + source).clamp(-1, 1), mels=mels, notes=notes)
-
-    @torch.no_grad()
-    def build_song(self, labels: list[str], seconds: float | None = None, n: int = 1, *, generator=None, **kw) -> dict:
-        "Iterative partial generation of `n` songs from silence: one stem per label, each given the sum of those before."
-        if isinstance(labels, str) or not labels: raise ValueError("labels must be a non-empty list of instrument names, e.g. ['drums', 'bass'].")
-        for label in labels: self.model.labels.token_ids(label)          # unknown labels fail before any sampling
-        N = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
-        submix, stems, mixes = torch.zeros(check_int(n, "n", min_value=1), 1, N, device=self.device), [], []
-        for label in labels:
-            r = self.add_stem(submix, label, generator=generator, **kw)
-            stems.append(r["source"]); mixes.append(r["mix"]); submix = r["mix"][:, None]
-        return Result(stems=torch.stack(stems, 1), mixes=torch.stack(mixes, 1), labels=list(labels))   # (n, K, N) each
-
     def save_pretrained(self, directory) -> Path:
         directory = Path(directory); directory.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(directory/"vae"); self.model.save_pretrained(directory/"model")
@@ -193,7 +128,6 @@ class MGELDM(nn.Module):
                 "segment_seconds": self.segment_seconds, "extract_w": self.extract_w}
         with atomic_write(directory/"mgeldm.json", "w") as f: json.dump(meta, f, indent=2)
         return directory
-
     @classmethod
     def from_pretrained(cls, directory, device="cpu") -> MGELDM:
         directory = Path(directory)
@@ -208,6 +142,71 @@ class MGELDM(nn.Module):
             return cls(vae, model, DiffusionConfig.from_dict(meta["diffusion"]), vocoder,
                        check_number(meta.get("segment_seconds", 10.24), "segment_seconds", 0, lo_open=True),
                        check_number(meta.get("extract_w", 1.0), "extract_w")).to(device)
+
+# %% ../nbs/11_mgeldm.ipynb #5eb70d2b
+@patch_to(MGELDM)
+@torch.no_grad()
+def generate(self, n: int = 1, seconds: float | None = None, label="bass", *, guidance_w: float | None = None,
+             sampler: str | None = None, steps: int | None = None, generator=None) -> dict:
+    "Total generation: mix, submix and a source of `label`, all from noise. {'mix', 'submix', 'source', 'mels'}."
+    n = check_int(n, "n", min_value=1)
+    n_samples = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
+    frames, zshape = self._frames(n_samples)
+    z = self.sample((n, 3, *zshape), label, guidance_w=guidance_w, sampler=sampler, steps=steps, generator=generator)
+    mels = restore_frames(self.vae.decode_latent(z), frames)
+    waves = self.to_wave(mels, n_samples)
+    return Result(mix=waves[:, 0], submix=waves[:, 1], source=waves[:, 2], mels=mels)
+
+@patch_to(MGELDM)
+def query(self, audio, sr: int) -> torch.Tensor:
+    "An audio example -> (1, D) query for `extract`/`add_stem`: 'the sound that is like this clip' ('clap' labels only)."
+    return self.model.labels.embed_audio(audio, sr).to(self.device)
+
+@patch_to(MGELDM)
+@torch.no_grad()
+def extract(self, mix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
+            steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
+    "Source extraction: the mix given (t = 0), submix and the `label` source (a name, or a query from `query`) sampled (CFG weight: `extract_w` unless given); waves split from the mix's STFT."
+    if guidance_w is None: guidance_w = self.extract_w
+    wave, notes = self.prepare(mix, sr, "mixture")
+    z_mix, frames = self.encode(wave)
+    known = torch.cat([z_mix, torch.zeros_like(z_mix), torch.zeros_like(z_mix)], 1)
+    z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([True, False, False], device=self.device), guidance_w=guidance_w,
+                    sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
+    mels = restore_frames(self.vae.decode_latent(z[:, 1:]), frames)                  # (B, 2, T, F): submix, source
+    parts = mixture_consistent(mels, wave)                                      # they sum to the mixture
+    return Result(source=parts[:, 1], submix=parts[:, 0], mels=mels, notes=notes)
+
+@patch_to(MGELDM)
+@torch.no_grad()
+def add_stem(self, submix, label, sr: int | None = None, *, guidance_w: float | None = None, sampler: str | None = None,
+             steps: int | None = None, conditioning: str | None = None, generator=None) -> dict:
+    "Partial generation: a new `label` stem that fits the given submix (silence allowed). {'source', 'mix', 'mels'}."
+    wave, notes = self.prepare(submix, sr, "submix", allow_silence=True)
+    n = wave.shape[-1]
+    if n > int(self.segment_seconds * self.sr * 4):
+        raise ValueError(f"the submix is {n / self.sr:.1f} s long; this model was trained on {self.segment_seconds:g} s "
+                         f"segments: add stems to pieces of at most {4 * self.segment_seconds:g} s and join them.")
+    z_sub, frames = self.encode(wave)
+    known = torch.cat([torch.zeros_like(z_sub), z_sub, torch.zeros_like(z_sub)], 1)
+    z = self.sample(known.shape, label, known=known, known_mask=torch.tensor([False, True, False], device=self.device), guidance_w=guidance_w,
+                    sampler=sampler, steps=steps, conditioning=conditioning, generator=generator)
+    mels = restore_frames(self.vae.decode_latent(z), frames)
+    source = self.to_wave(mels[:, 2], n)
+    return Result(source=source, mix=(wave[:, 0] + source).clamp(-1, 1), mels=mels, notes=notes)
+
+@patch_to(MGELDM)
+@torch.no_grad()
+def build_song(self, labels: list[str], seconds: float | None = None, n: int = 1, *, generator=None, **kw) -> dict:
+    "Iterative partial generation of `n` songs from silence: one stem per label, each given the sum of those before."
+    if isinstance(labels, str) or not labels: raise ValueError("labels must be a non-empty list of instrument names, e.g. ['drums', 'bass'].")
+    for label in labels: self.model.labels.token_ids(label)          # unknown labels fail before any sampling
+    N = int((self.segment_seconds if seconds is None else check_number(seconds, "seconds", 0.25)) * self.sr)
+    submix, stems, mixes = torch.zeros(check_int(n, "n", min_value=1), 1, N, device=self.device), [], []
+    for label in labels:
+        r = self.add_stem(submix, label, generator=generator, **kw)
+        stems.append(r["source"]); mixes.append(r["mix"]); submix = r["mix"][:, None]
+    return Result(stems=torch.stack(stems, 1), mixes=torch.stack(mixes, 1), labels=list(labels))   # (n, K, N) each
 
 # %% ../nbs/11_mgeldm.ipynb #364811c6
 def extract_file(pipe: MGELDM, path, out, label: str | None = None, *, query_audio=None, guidance_w: float | None = None,

@@ -104,6 +104,7 @@ class LabelEncoder(nn.Module):
 
 # %% ../nbs/10b_triplets.ipynb #9473503a
 _BACKBONES = ("unet", "dit")   # TripletConfig.backbone
+_TRACK_UNET = dict(layout="tracks", n_tracks=3, mix_cond="none", film=True, prediction="v")   # MGE-LDM's U-Net
 
 @dataclasses.dataclass
 class TripletConfig(Config):
@@ -113,17 +114,9 @@ class TripletConfig(Config):
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     backbone: str = "unet"            # 'unet' (chapter 07) or 'dit' (chapter 07b); configs saved before the DiT: 'unet'
     dit: DiTConfig = dataclasses.field(default_factory=lambda: DiTConfig(label_dim=32))
-    presets: ClassVar[dict] = {}
-
-    @classmethod
-    def preset(cls, name: str | None = None, **overrides):
-        from msg_edu.core import default_preset
-        name = name or default_preset()
-        label = LabelConfig.preset(name, **overrides.pop("label", {}))
-        unet = UNetConfig.preset(name, **{**dict(layout="tracks", n_tracks=3, mix_cond="none", label_dim=label.dim, film=True,
-                                                 prediction="v"), **overrides.pop("unet", {})})
-        dit = DiTConfig.preset(name, **{**dict(label_dim=label.dim), **overrides.pop("dit", {})})
-        return cls(unet=unet, label=label, dit=dit, **overrides)
+    presets: ClassVar[dict] = {   # every backbone reads the label encoder's width; the U-Net on the track axis
+        name: dict(unet=dict(_TRACK_UNET, label_dim=LabelConfig.preset(name).dim), dit=dict(label_dim=LabelConfig.preset(name).dim))
+        for name in LabelConfig.presets}
 
     @property
     def denoiser(self) -> UNetConfig | DiTConfig:
