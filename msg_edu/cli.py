@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -20,7 +19,7 @@ import torch
 
 from . import __version__
 from .checkpoint import run_contents
-from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, get_device
+from .core import PRESETS, MsgEduError, check_folder, check_int, check_number, dotted_overrides, get_device
 from .evaluation import EVAL_LAYOUT
 # every other subcommand's module is imported when that subcommand runs: `--help` and `info` load no model code
 
@@ -132,22 +131,6 @@ RECIPES = {   # (module, recipe class, training function, summary): imported whe
 
 def _gib(n: float) -> str: return f"{n / 2**30:.2f} GiB"
 
-def _settings(pairs: list[str]) -> dict:
-    "--set KEY=VALUE pairs (dotted keys into the recipe, JSON or plain-text values) -> nested overrides for `preset`."
-    out = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key or any(not k.isidentifier() for k in key.split(".")):
-            raise ValueError(f"--set {pair!r}: write KEY=VALUE with a dotted key into the recipe, e.g. --set train.lr=1e-3 "
-                             f"or --set model.label.kind=clap.")
-        try: value = json.loads(raw)
-        except json.JSONDecodeError: value = raw               # a plain word: clap, dit, cosine
-        *path, last = key.split(".")
-        d = out
-        for k in path: d = d.setdefault(k, {})
-        d[last] = value
-    return out
-
 def _train(args) -> None:
     import importlib
     module, recipe_name, train_name, summary = RECIPES[args.model]
@@ -155,7 +138,7 @@ def _train(args) -> None:
     recipe_cls, train_fn = getattr(module, recipe_name), getattr(module, train_name)
     if args.vae and args.model not in ("msgld", "mgeldm"):
         raise ValueError("--vae (a trained VAE to reuse) belongs to `train msgld` and `train mgeldm`.")
-    recipe = recipe_cls.preset(args.preset, **_settings(args.set))
+    recipe = recipe_cls.preset(args.preset, **dotted_overrides(args.set))
     if args.steps is not None:
         recipe = recipe.replace(train=recipe.train.replace(steps=args.steps, warmup=min(recipe.train.warmup, args.steps)).to_dict())
     if args.dry_run:

@@ -25,8 +25,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
-           'check_number', 'few', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'patch_to',
-           'n_params', 'fmt_count', 'markdown_table', 'moved_names']
+           'check_number', 'few', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'dotted_overrides',
+           'patch_to', 'n_params', 'fmt_count', 'markdown_table', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -269,6 +269,22 @@ def _from_json(tp, v):
 class Recipe(Config):
     "A training recipe: a Config that bundles the model's config, the Learner's `TrainConfig` and the data settings."
 
+
+# %% ../nbs/00_core.ipynb #200ae800
+def dotted_overrides(pairs) -> dict:
+    "KEY=VALUE pairs with dotted keys (JSON or plain-text values) -> the nested overrides `Config.preset` takes."
+    out = {}
+    for pair in pairs or []:
+        key, sep, raw = str(pair).partition("=")
+        if not sep or not key or any(not k.isidentifier() for k in key.split(".")):
+            raise ValueError(f"{pair!r}: write KEY=VALUE with a dotted key into the config, e.g. train.lr=1e-3 or model.label.kind=clap.")
+        try: value = json.loads(raw)
+        except json.JSONDecodeError: value = raw               # a plain word: clap, dit, cosine
+        *path, last = key.split(".")
+        d = out
+        for k in path: d = d.setdefault(k, {})
+        d[last] = value
+    return out
 
 # %% ../nbs/00_core.ipynb #a1c1a17d
 def patch_to(cls: type, as_property: bool = False):

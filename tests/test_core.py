@@ -100,7 +100,7 @@ def test_checkpoints_live_in_pretrained_and_designs_core_paths_still_work():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
     import msg_edu.core as old
     new = importlib.import_module("msg_edu.pretrained")
-    assert set(old._MOVED) == set(new.__all__)
+    assert set(old._MOVED) == set(new.__all__) - {"state_dict_problems"}   # (added after the move)
     for name in old._MOVED: assert getattr(old, name) is getattr(new, name), name
     from msg_edu.core import from_pretrained as old_load, save_pretrained as old_save   # DESIGN.md's paths
     assert (old_load, old_save) == (new.from_pretrained, new.save_pretrained)

@@ -175,7 +175,7 @@ def test_word_labels_refuse_audio_queries(pipe):
 
 
 def test_cli_set_changes_one_recipe_setting():
-    from msg_edu.cli import _settings
+    from msg_edu.core import dotted_overrides as _settings   # what `msg-edu train --set` reads
     over = _settings(["model.label.kind=clap", "train.lr=1e-3", "class_balance=false"])
     assert over == {"model": {"label": {"kind": "clap"}}, "train": {"lr": 1e-3}, "class_balance": False}
     r = MGELDMTraining.preset("toy", **over)

@@ -144,3 +144,12 @@ def test_exported_cells_are_small_and_follow_prose():
             n = len(src.splitlines())
             if n > 100 or (n > 60 and cells[i - 1]["cell_type"] != "markdown"): bad.append(f"{nb.name} cell {i}: {n} lines")
     assert not bad, f"split these exported cells (a prose cell before each piece): {bad}"
+
+
+def test_modules_stay_small():
+    "One idea per module: none over 400 lines, the median at most 250 (the generated _modidx aside)."
+    import statistics
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "msg_edu").glob("*.py") if p.name not in ("_modidx.py", "__init__.py")}
+    big = {k: v for k, v in sizes.items() if v > 400}
+    assert not big, f"modules over 400 lines: {big}; split them along their ideas (one chapter each)"
+    assert statistics.median(sizes.values()) <= 250, f"median module size {statistics.median(sizes.values())} > 250"
