@@ -209,4 +209,5 @@ class Latents(torch.utils.data.Dataset):
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = {k[:-1]: json.loads(v) for k, v in (f.metadata() or {}).items() if k.endswith("s")}
+            meta = {k: v for k, v in meta.items() if v}              # (files of 0.1 kept an empty list of names)
             return cls.from_parts({k: f.get_tensor(k) for k in f.keys()}, crop, **meta)
