@@ -16,6 +16,10 @@ licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache S
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable"]
 py_versions = ["3.11", "3.12", "3.13"]
 lic = licenses[cfg["license"]]
+# data/ (ToySlakh's recipe, an example Slakh metadata.yaml, ...): beside the package in a checkout, in share/msg_edu
+# for a regular install; core.asset() looks in both
+assets = sorted(p for p in (here / "data").rglob("*") if p.is_file())
+data_files = [(str(Path("share/msg_edu") / p.parent.relative_to(here / "data")), [str(p.relative_to(here))]) for p in assets]
 min_python = cfg["min_python"]
 
 setuptools.setup(
@@ -39,6 +43,7 @@ setuptools.setup(
     python_requires=f">={min_python}",
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
+    data_files=data_files,
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split(), "docs": cfg["docs_requirements"].split()},
     entry_points={

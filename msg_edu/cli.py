@@ -138,7 +138,7 @@ def _train(args) -> None:
     recipe_cls, train_fn = getattr(module, recipe_name), getattr(module, train_name)
     if args.vae and args.model not in ("msgld", "mgeldm"):
         raise ValueError("--vae (a trained VAE to reuse) belongs to `train msgld` and `train mgeldm`.")
-    recipe = recipe_cls.preset(args.preset, **dotted_overrides(args.set))
+    recipe = (recipe_cls.load(args.recipe) if args.recipe else recipe_cls.preset(args.preset)).updated(**dotted_overrides(args.set))
     if args.steps is not None:
         recipe = recipe.replace(train=recipe.train.replace(steps=args.steps, warmup=min(recipe.train.warmup, args.steps)).to_dict())
     if args.dry_run:
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, the trained model, metrics.json")
     r.add_argument("--preset", default="toy", choices=PRESETS, help="tiny: seconds, toy: minutes on a CPU, slakh: the paper's")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    r.add_argument("--recipe", metavar="FILE", help="a recipe file instead of --preset, e.g. data/recipes/mgeldm_slakh.yaml")
     r.add_argument("--steps", type=COUNT, help="train this many updates instead of the preset's")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="change one recipe setting, a dotted key into the "
                    "preset (repeatable): --set train.lr=1e-3, --set model.label.kind=clap (MGE-LDM queries by name or audio)")

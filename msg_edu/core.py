@@ -26,7 +26,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['PRESETS', 'in_test', 'default_preset', 'seed_everything', 'get_device', 'MsgEduError', 'check_tensor', 'check_int',
            'check_number', 'few', 'atomic_write', 'check_folder', 'Progress', 'Config', 'Recipe', 'dotted_overrides',
-           'patch_to', 'n_params', 'fmt_count', 'markdown_table', 'moved_names']
+           'patch_to', 'asset', 'n_params', 'fmt_count', 'markdown_table', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 PRESETS = ("tiny", "toy", "slakh")
@@ -248,9 +248,33 @@ class Config:
         hints = typing.get_type_hints(cls)
         return cls(**{k: _from_json(hints.get(k), v) for k, v in d.items()})
 
+    def save(self, path, header: str = "") -> Path:
+        "Write the config as YAML (a readable recipe file; `header` becomes comment lines at the top)."
+        import yaml
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        with atomic_write(path, "w") as f: f.write(text)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path):
+        "Read a config written by `save` (YAML or JSON), checked like any other."
+        import yaml
+        path = Path(path)
+        if not path.is_file(): raise FileNotFoundError(f"no recipe file {path}; the papers' recipes are in msg_edu's data/recipes/.")
+        d = yaml.safe_load(path.read_text())
+        if not isinstance(d, dict): raise ValueError(f"{path} does not hold a {cls.__name__} (a mapping of its fields).")
+        try: return cls.from_dict(d)
+        except (TypeError, ValueError) as e: raise ValueError(f"{path}: {e}") from e
+
     def replace(self, **changes):
         "A copy with some fields changed (validated like a new config)."
         return type(self).from_dict({**self.to_dict(), **changes})
+
+    def updated(self, **changes):
+        "A copy with fields changed, nested configs field by field (`model={'backbone': 'dit'}` keeps model's other fields)."
+        def merge(d, u): return {**d, **{k: merge(d[k], v) if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+                                         for k, v in u.items()}}
+        return type(self).from_dict(merge(self.to_dict(), changes))
 
 def _from_json(tp, v):
     "Undo JSON's flattening: dicts back into nested configs, lists back into tuples."
@@ -295,6 +319,15 @@ def patch_to(cls: type, as_property: bool = False):
         setattr(cls, f.__name__, property(f) if as_property else f)
         return f
     return add
+
+# %% ../nbs/00_core.ipynb #651bd400
+def asset(name: str) -> Path:
+    "The path of a file of msg_edu's `data/` folder: the checkout's, else an installed copy under <prefix>/share/msg_edu."
+    import msg_edu
+    for root in (Path(msg_edu.__file__).resolve().parents[1] / "data", Path(sys.prefix) / "share" / "msg_edu"):
+        if (root / name).is_file(): return root / name
+    raise FileNotFoundError(f"msg_edu's data file {name!r} is missing (looked in the checkout's data/ and in "
+                            f"{Path(sys.prefix) / 'share' / 'msg_edu'}); reinstall msg_edu, e.g. `pip install -e .` in a checkout.")
 
 # %% ../nbs/00_core.ipynb #b2435c00
 def n_params(model: nn.Module, trainable_only: bool = False) -> int:

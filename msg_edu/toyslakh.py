@@ -18,42 +18,24 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import yaml
 
 import torch
 
 from .audio import resample
-from .core import Config, atomic_write, check_int
+from .core import Config, asset, atomic_write, check_int
 from .slakh_format import Instrument, Note, TrackStem, integrated_loudness, write_midi, write_slakh_track  # noqa: F401
 from .slakh_format import read_midi  # noqa: F401  (chapter 03; the old msg_edu.toyslakh paths too)
 
 # %% auto #0
-__all__ = ['INSTRUMENTS', 'PROGRAM_CHOICES', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'SOUNDFONT_SR', 'GENERATOR_VERSION',
+__all__ = ['RECIPE', 'INSTRUMENTS', 'PROGRAM_CHOICES', 'MAJOR', 'MINOR', 'PROGRESSIONS', 'SOUNDFONT_SR', 'GENERATOR_VERSION',
            'draw_programs', 'TrackPlan', 'plan_track', 'render_stem', 'render_stems', 'ToySlakhConfig',
            'make_toy_slakh', 'scratch_toy_slakh']
 
 # %% ../nbs/03a_toyslakh.ipynb #6029d062
-INSTRUMENTS = {
-    "drums": Instrument("Drums", 0, "Standard Kit", "bluebird_sl2.nkm", True),
-    "bass": Instrument("Bass", 33, "Electric Bass (finger)", "scarbee_jay_bass_both.nkm"),
-    "guitar": Instrument("Guitar", 25, "Acoustic Guitar (steel)", "pop_guitar.nkm"),
-    "piano": Instrument("Piano", 0, "Acoustic Grand Piano", "grandeur.nkm"),
-    "epiano": Instrument("Piano", 4, "Electric Piano 1", "scarbee_mark_i.nkm"),
-    "strings": Instrument("Strings", 44, "Tremolo Strings", "session_strings_pro.nkm"),
-    "strings2": Instrument("Strings (continued)", 49, "String Ensemble 2", "session_strings_pro.nkm"),
-    "lead": Instrument("Synth Lead", 80, "Lead 1 (square)", "massive_lead.nmsv"),
-    "organ": Instrument("Organ", 16, "Drawbar Organ", "vintage_organs.nkm"),
-    "sfx": Instrument("Sound effects", 122, "Seashore", "fm8_fx.nfm8"),
-}
-
-PROGRAM_CHOICES = {  # the General MIDI programs each instrument draws from, per track: its class's family
-    "drums": (0, 8, 16, 24, 25, 32, 40),           # drum kits (bank 128): standard, room, power, electronic, TR-808, jazz, brush
-    "bass": tuple(range(32, 40)), "guitar": tuple(range(24, 32)), "piano": tuple(range(0, 8)),
-    "epiano": (4, 5, 6, 7),                         # the electric half of the Piano family
-    "strings": tuple(range(40, 47)),                # Strings: violin ... harp (not the timpani)
-    "strings2": tuple(range(48, 55)),               # Ensemble, Slakh's "Strings (continued)" (not the orchestra hit)
-    "lead": tuple(range(80, 88)), "organ": tuple(range(16, 24)),
-    "sfx": tuple(range(120, 128)),                  # Sound Effects, Slakh's "Sound effects"
-}
+RECIPE = yaml.safe_load(asset("toyslakh.yaml").read_text())   # data/toyslakh.yaml: instruments, programs, presets
+INSTRUMENTS = {name: Instrument(**fields) for name, fields in RECIPE["instruments"].items()}
+PROGRAM_CHOICES = {name: tuple(programs) for name, programs in RECIPE["program_choices"].items()}  # per track: its family
 
 def draw_programs(seed: int, index: int) -> dict[str, int]:
     "The General MIDI program of each instrument of track `index` (a random stream of its own: the score stays the same)."
@@ -253,8 +235,7 @@ class ToySlakhConfig(Config):
     n_omitted: int = 2                           # duplicates of train tracks, in omitted/ as in Slakh's redux
     synth: str = "sf2"                           # "sf2": a General MIDI SoundFont (chapter 03b); "osc": the oscillators
     sf2: str | None = None                       # the SoundFont (None: pretty_midi's TimGM6mb.sf2)
-    presets: ClassVar[dict] = {"tiny": dict(n_tracks=6, sr=16000, seconds=4.0, n_omitted=1),
-                               "toy": {}, "slakh": dict(n_tracks=200, seconds=30.0, n_omitted=10)}
+    presets: ClassVar[dict] = RECIPE["presets"]  # data/toyslakh.yaml: tiny (tests), toy (`make demo`), slakh
 
     def validate(self):
         check_int(self.n_tracks, "n_tracks", min_value=3); check_int(self.sr, "sr", min_value=8000)

@@ -153,3 +153,24 @@ def test_modules_stay_small():
     big = {k: v for k, v in sizes.items() if v > 400}
     assert not big, f"modules over 400 lines: {big}; split them along their ideas (one chapter each)"
     assert statistics.median(sizes.values()) <= 250, f"median module size {statistics.median(sizes.values())} > 250"
+
+
+def test_data_folder_holds_what_the_code_reads():
+    "data/: ToySlakh's recipe, an example Slakh metadata.yaml and the papers' recipe files, each equal to what the code uses."
+    from msg_edu.core import asset
+    from msg_edu.mgeldm import MGELDMTraining
+    from msg_edu.msdm import MSDMTraining
+    from msg_edu.msgld import MSGLDTraining
+    from msg_edu.toyslakh import INSTRUMENTS, ToySlakhConfig
+    for name, cls in (("msgld", MSGLDTraining), ("mgeldm", MGELDMTraining), ("msdm", MSDMTraining)):
+        assert cls.load(asset(f"recipes/{name}_slakh.yaml")) == cls.preset("slakh"), f"data/recipes/{name}_slakh.yaml is stale"
+    assert len(INSTRUMENTS) == 10 and ToySlakhConfig.preset("tiny").n_tracks == 6          # read from data/toyslakh.yaml
+    assert asset("slakh_metadata.yaml").is_file()
+    assert {"recipes", "slakh_metadata.yaml", "toyslakh.yaml"} <= {p.name for p in (ROOT / "data").iterdir()}
+
+
+def test_train_takes_a_recipe_file(toy, tmp_path, capsys):
+    from msg_edu.cli import main
+    assert main(["train", "msgld", "--recipe", str(ROOT / "data" / "recipes" / "msgld_slakh.yaml"), "--set", "batch_size=2", "--set", "segment_seconds=2.56", "--set", "hop_seconds=1.28",
+                 "--data", str(toy), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert "at batch 2" in capsys.readouterr().out
