@@ -122,7 +122,7 @@ def outputs(jobs: int, glob: str = "*.ipynb") -> None:
             src, done = json.loads(nb.read_text()), json.loads((tmp / nb.name).read_text())
             if [c.get("id") for c in src["cells"]] != [c.get("id") for c in done["cells"]]:
                 failed.append(nb.name); print(f"{nb.name} changed while it ran; run outputs again", file=sys.stderr); continue
-            for width, colours in ((MAX_WIDTH, 128), (640, 32)):      # smaller plots for a chapter with many of them
+            for width, colours in ((MAX_WIDTH, 128), (640, 32), (512, 16)):      # smaller plots for a chapter with many of them
                 for c, d in zip(src["cells"], done["cells"]):
                     if c["cell_type"] == "code": c["outputs"] = [] if _skipped_dict(c) else slim_outputs(d.get("outputs", []), width, colours)
                 kb = sum(len(json.dumps(c.get("outputs", []))) for c in src["cells"]) / 1000
