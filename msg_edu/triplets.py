@@ -85,7 +85,10 @@ class LabelEncoder(nn.Module):
         return self.joint.embed_audio(wave, sr)
 
     def token_ids(self, label: str) -> list[int]:
-        "The vocabulary indices of a name's known words; an empty or unknown name is refused with close known labels."
+        "The vocabulary indices of a name's known words, sorted; an empty or unknown name is refused with close known labels."
+        if self.config.kind == "words" and isinstance(label, str):     # the training loop's path: a dict lookup per word
+            ids = sorted({self.index[w] for w in words_of(label) if w in self.index})
+            if ids: return ids
         return bag_of_words(label, self.vocabulary)[0].nonzero()[:, 0].tolist()   # (chapter 09f's check and message)
 
     def forward(self, labels) -> torch.Tensor:
@@ -185,13 +188,14 @@ def encode_triplets(vae: AutoencoderKL, ds: TripletDataset, multiple: int, batch
     "Scaled VAE latents of every (mix, submix, source) triplet of `ds` (mels trimmed to a multiple of `multiple` frames); with `joint`, each source's audio embedding too."
     device = get_device(device)
     front, vae = MelFrontend().to(device), vae.to(device).eval()
+    if joint is not None: joint = joint.to(device)
     out, labels, queries = [], [], []
     for a in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(a, min(a + batch_size, len(ds)))]
         mel = front(torch.stack([torch.cat([it["mix"], it["submix"], it["source"]]) for it in items]).to(device))
         out.append(vae.encode_latent(mel[..., : mel.shape[-2] // multiple * multiple, :]).cpu())
         labels += [it["label"] for it in items]
-        if joint is not None: queries.append(joint.to(device).embed_audio(torch.stack([it["source"] for it in items]), front.config.sr).cpu())
+        if joint is not None: queries.append(joint.embed_audio(torch.stack([it["source"] for it in items]), front.config.sr).cpu())
     return TripletLatents(torch.cat(out), labels, queries=torch.cat(queries) if joint is not None else None)
 
 def mgeldm_loss(model: TripletDenoiser, batch: dict, diffusion: DiffusionConfig) -> torch.Tensor:

@@ -174,3 +174,18 @@ def test_train_takes_a_recipe_file(toy, tmp_path, capsys):
     assert main(["train", "msgld", "--recipe", str(ROOT / "data" / "recipes" / "msgld_slakh.yaml"), "--set", "batch_size=2", "--set", "segment_seconds=2.56", "--set", "hop_seconds=1.28",
                  "--data", str(toy), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     assert "at batch 2" in capsys.readouterr().out
+
+
+def test_no_module_imports_a_later_chapter_at_load_time():
+    "A chapter builds on earlier ones: a module's top-level imports name modules of earlier (or the same) chapters only."
+    import ast
+    chapter = {}
+    for p in (ROOT / "msg_edu").glob("*.py"):
+        m = re.search(r"File to edit: \.\./nbs/(\S+)\.ipynb", p.read_text())
+        if m: chapter[p.stem] = m.group(1)
+    late = []
+    for mod, nb in chapter.items():
+        for node in ast.parse((ROOT / "msg_edu" / f"{mod}.py").read_text()).body:     # top level: what loading runs
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in chapter:
+                if chapter[node.module] > nb: late.append(f"{mod} ({nb}) -> {node.module} ({chapter[node.module]})")
+    assert not late, f"modules importing a later chapter at load time: {late}; import inside the function that needs it"
